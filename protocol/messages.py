@@ -1,0 +1,170 @@
+"""Wire messages: what travels on the MQTT topics of :mod:`protocol.topics`.
+
+Every message carries ``schema_version``, its own ``message_id`` and the sender's
+``device_id``. Readers are tolerant: unknown fields are ignored so that either side can be
+upgraded first. Payloads are UTF-8 JSON; :func:`encode` and :func:`decode` are the only way
+in and out.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol import SCHEMA_VERSION
+from protocol.errors import InvalidMessage
+from protocol.tensors import Datatype
+
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+def new_id() -> str:
+    """A fresh message or result id (a random UUID, hex)."""
+    return uuid.uuid4().hex
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class WireMessage(_Wire):
+    schema_version: int = SCHEMA_VERSION
+    message_id: str = Field(default_factory=new_id)
+    device_id: DeviceId
+    sent_at: float = Field(default_factory=time.time, description="Unix time, seconds.")
+
+
+# --- status (birth / will) ---------------------------------------------------------------
+
+
+class Accelerator(_Wire):
+    kind: str = Field(description="cpu, edgetpu, gpu")
+    present: bool
+    detail: str | None = None
+
+
+class ModelInfo(_Wire):
+    """A model the agent serves, and the artifact that produces its answers."""
+
+    name: str
+    version: str
+    artifact_sha256: str
+    backend: str = Field(description="The runtime backend in use, e.g. litert, edgetpu.")
+    fallback_reason: str | None = Field(
+        None, description="Why a preferred backend was skipped (the CPU fallback)."
+    )
+
+
+class Status(WireMessage):
+    """Birth message (retained) and, with ``state=offline``, the MQTT will."""
+
+    type: Literal["status"] = "status"
+    state: Literal["online", "offline"]
+    agent_version: str | None = None
+    hardware: dict[str, str | int | float | None] = Field(default_factory=dict)
+    accelerators: list[Accelerator] = Field(default_factory=list)
+    models: list[ModelInfo] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    api_url: str | None = None
+
+
+# --- telemetry ---------------------------------------------------------------------------
+
+
+class LatencySummary(_Wire):
+    count: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+
+class Telemetry(WireMessage):
+    type: Literal["telemetry"] = "telemetry"
+    interval_s: float
+    inferences: int = Field(0, description="Inferences in this interval.")
+    inferences_total: int = 0
+    errors: int = Field(0, description="Failed requests in this interval.")
+    errors_total: int = 0
+    latency: LatencySummary = Field(default_factory=LatencySummary)
+    backend: str | None = None
+    fallback_reason: str | None = None
+    outbox_depth: int = 0
+    outbox_oldest_age_s: float | None = None
+    outbox_evicted_total: int = 0
+    results_sent_total: int = 0
+    cpu_percent: float | None = None
+    memory_rss_bytes: int | None = None
+    memory_percent: float | None = None
+    temperature_c: float | None = None
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+class ClassScore(_Wire):
+    index: int
+    label: str | None = None
+    score: float
+
+
+class TensorData(_Wire):
+    """An output kept in full."""
+
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    data: list[float] | list[int] | list[bool]
+
+
+class TensorDigest(_Wire):
+    """An output too large to keep: its shape, type and a SHA-256 of its bytes."""
+
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    sha256: str
+    size_bytes: int
+
+
+class InferenceResult(_Wire):
+    result_id: str = Field(default_factory=new_id)
+    created_at: float = Field(default_factory=time.time)
+    model: str
+    model_version: str
+    artifact_sha256: str
+    backend: str
+    latency_ms: float
+    request_id: str | None = None
+    classes: list[ClassScore] | None = Field(None, description="Top-k, for classifiers.")
+    outputs: list[TensorData | TensorDigest] | None = Field(
+        None, description="Raw outputs, for models without post-processing."
+    )
+
+
+class ResultBatch(WireMessage):
+    type: Literal["results"] = "results"
+    results: list[InferenceResult] = Field(min_length=1)
+
+
+# --- encoding ----------------------------------------------------------------------------
+
+M = TypeVar("M", bound=_Wire)
+
+
+def encode(message: _Wire) -> bytes:
+    """Serialise a message to compact UTF-8 JSON, leaving out unset optional fields."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def decode(kind: type[M], payload: bytes | str) -> M:
+    """Parse a payload as ``kind`` or raise :class:`InvalidMessage` naming the problem."""
+    try:
+        return kind.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise InvalidMessage(f"invalid {kind.__name__} message: {where}: {first['msg']}") from None
