@@ -1,0 +1,101 @@
+"""``edgefleet-agent``: the device daemon's command line.
+
+``edgefleet-agent [flags]`` serves the configured models on the local API and uplinks results;
+``edgefleet-agent simulate ...`` runs a simulated fleet (see :mod:`agent.simulator`).
+Errors in the configuration or the model are reported in one line, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from agent import __version__
+from agent.api import create_app
+from agent.config import AgentSettings, add_flags, load_settings
+from agent.daemon import Agent, load_models
+from agent.errors import AgentError
+from agent.telemetry import HostProbe
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("edgefleet.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-agent",
+        description="Serve ML models on this device and send the results to the control plane. "
+        "Run `edgefleet-agent simulate --help` for the fleet simulator.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
+    add_flags(parser)
+    return parser
+
+
+async def serve(settings: AgentSettings) -> None:
+    """Run until SIGINT or SIGTERM, then stop serving, publish offline and flush the outbox."""
+    if not settings.models:
+        raise AgentError("no model to serve: pass --model PATH or add [[models]] to the config")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    models = load_models(settings)
+    agent = Agent(settings, models, probe=HostProbe())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    app = create_app(
+        models, record=agent.record, stats=agent.stats, max_body_bytes=settings.max_body_bytes
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = settings.listen_address
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        log.info("listening on http://%s:%s (device %s)", host, bound, settings.device_id)
+        await stop.wait()
+        log.info("stopping")
+    except OSError as exc:
+        raise AgentError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        await runner.cleanup()
+        await agent.stop()
+        for served in models.values():
+            served.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:
+        from agent.simulator import main as simulate
+
+        return simulate(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        settings = load_settings(args)
+    except (AgentError, ProtocolError) as exc:
+        print(f"edgefleet-agent: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(settings))
+    except (AgentError, ProtocolError, ValueError) as exc:
+        print(f"edgefleet-agent: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
