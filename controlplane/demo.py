@@ -1,0 +1,195 @@
+"""``scripts/demo``: the whole system on this one machine.
+
+Starts a broker (the ``mosquitto`` binary when it is installed, otherwise the embedded Python
+broker, which speaks MQTT 3.1.1 only), the control plane, and a simulated fleet, each as its own
+process; waits until the API lists the whole fleet online; prints the URLs; and stops everything in
+order (fleet, control plane, broker) on Ctrl-C or after ``--duration`` seconds.
+
+The fleet is started with ``python -m agent.simulator`` as a separate process: the control plane
+never imports the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controlplane.broker import find_mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
+    """``preferred`` if it is free on ``host``, else any free port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            bound: int = s.getsockname()[1]
+            return bound
+    raise OSError("no free port")
+
+
+class Stack:
+    """The demo's processes, started in order and stopped in reverse."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=REPO,
+        )  # fmt: skip
+        self.procs.append((name, proc))
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT if name != "broker" else signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+
+
+def wait_for(what: str, check: Any, stack: Stack, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check()
+        with contextlib.suppress(httpx.HTTPError):
+            value = check()
+            if value:
+                return value
+        time.sleep(0.3)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def online_devices(api: str, prefix: str) -> int:
+    devices = httpx.get(f"{api}/api/v1/devices", params={"state": "online"}, timeout=5).json()
+    items = devices["devices"] if isinstance(devices, dict) else devices
+    return sum(1 for d in items if str(d["id"]).startswith(prefix))
+
+
+def results_stored(api: str) -> int:
+    body = httpx.get(f"{api}/api/v1/results", params={"limit": 1}, timeout=5).json()
+    return int(body.get("total", len(body.get("results", []))))
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir.resolve()
+    if workdir.exists() and not args.keep:
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    broker_port = free_port(args.broker_port)
+    broker_url = f"mqtt://127.0.0.1:{broker_port}"
+    http_host, _, http_port = args.listen.rpartition(":")
+    listen = f"{http_host}:{free_port(int(http_port), http_host)}"
+    api = f"http://{listen}"
+    mosquitto = None if args.embedded_broker else find_mosquitto()
+
+    stack = Stack(workdir)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        broker_argv = [python, "-m", "controlplane.broker", "--port", str(broker_port),
+                       "--workdir", str(workdir / "broker")]  # fmt: skip
+        if mosquitto is None:
+            broker_argv.append("--embedded")
+        stack.spawn("broker", broker_argv)
+        kind = f"mosquitto ({mosquitto})" if mosquitto else "embedded amqtt broker (MQTT 3.1.1)"
+        print(f"broker:        {broker_url}  [{kind}]", flush=True)
+        wait_for("the broker", lambda: _listening(broker_port), stack, 30)
+
+        stack.spawn("controlplane", [python, "-m", "controlplane", "serve", "--broker", broker_url,
+                                     "--listen", listen, "--data-dir", str(workdir / "controlplane")])  # fmt: skip
+        wait_for("the control plane", lambda: httpx.get(f"{api}/healthz", timeout=2).is_success,
+                 stack, 60)  # fmt: skip
+        print(f"control plane: {api}", flush=True)
+
+        stack.spawn("fleet", [python, "-m", "agent.simulator", "--broker", broker_url,
+                              "--devices", str(args.devices), "--rate", str(args.rate),
+                              "--id-prefix", "demo", "--tag", "site=demo",
+                              "--telemetry-interval", "2", "--data-dir", str(workdir / "fleet")])  # fmt: skip
+        started = time.monotonic()
+        wait_for(f"{args.devices} devices online",
+                 lambda: online_devices(api, "demo-") >= args.devices, stack, 90)  # fmt: skip
+        wait_for("the first results", lambda: results_stored(api) > 0, stack, 60)
+        print(f"fleet:         {args.devices} simulated devices online after "
+              f"{time.monotonic() - started:.1f}s\n", flush=True)  # fmt: skip
+        for label, path in [("devices", "/api/v1/devices"), ("one device", "/api/v1/devices/demo-000"),
+                            ("results", "/api/v1/results?limit=20"), ("metrics", "/metrics"),
+                            ("health", "/healthz")]:  # fmt: skip
+            print(f"  {label:<11} {api}{path}", flush=True)
+        print(f"\nlogs in {workdir}; press Ctrl-C to stop.", flush=True)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            stack.check()
+            stop.wait(5)
+            with contextlib.suppress(httpx.HTTPError):
+                print(f"  {online_devices(api, 'demo-')} devices online, "
+                      f"{results_stored(api)} results stored", flush=True)  # fmt: skip
+        return 0
+    except RuntimeError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping: fleet, control plane, broker ...", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
+    p.add_argument("--rate", type=float, default=2.0, help="inferences per second per device")
+    p.add_argument("--listen", default="127.0.0.1:8080",
+                   help="control plane address (another port is taken if it is busy)")  # fmt: skip
+    p.add_argument("--broker-port", type=int, default=0, help="broker port (default: a free one)")
+    p.add_argument("--embedded-broker", action="store_true",
+                   help="use the embedded Python broker even when mosquitto is installed")  # fmt: skip
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--workdir", type=Path, default=REPO / ".demo", help="data and logs")
+    p.add_argument("--keep", action="store_true", help="keep the data of the last run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Run the real programs (control plane, agent) as subprocesses for end-to-end tests."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.mosquitto import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "models" / "digits"
+EDGE_MODEL = DIGITS / "edge_fp32.tflite"
+
+
+class Process:
+    """A subprocess with its output in a log file, stopped by SIGTERM (or killed) at the end."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, *procs: Process) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.alive():
+                raise AssertionError(f"{p.name} died while waiting for {what}:\n{p.log()[-3000:]}")
+        try:
+            last = check()
+        except httpx.HTTPError:
+            last = None
+        if last:
+            return last
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs}")
+
+
+class ControlPlane(Process):
+    def __init__(self, broker_url: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            "controlplane",
+            [sys.executable, "-m", "controlplane", "serve", "--broker", broker_url,
+             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(workdir / "cp")],
+            workdir,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        super().start()
+        wait_until("control plane health", lambda: self.get("/healthz").status_code == 200, 60, self)
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.url + path, params=params, timeout=10)
+
+    def results(self, device_id: str) -> list[dict[str, Any]]:
+        """Every stored result of a device, through the paged API."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"device_id": device_id, "limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            body = self.get("/api/v1/results", **params).json()
+            out.extend(body["results"])
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return out
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        response = self.get(f"/api/v1/devices/{device_id}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+class AgentProcess(Process):
+    def __init__(self, broker_url: str, device_id: str, workdir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / device_id
+        super().__init__(
+            f"agent-{device_id}",
+            [sys.executable, "-m", "agent", "--device-id", device_id, "--broker", broker_url,
+             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
+             "--model", str(EDGE_MODEL), "--uplink-telemetry-interval-s", "1", *extra],
+            workdir,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        super().start()
+        wait_until(
+            "agent ready",
+            lambda: httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200,
+            60,
+            self,
+        )
+
+
+def digit_pngs(count: int) -> list[tuple[bytes, int]]:
+    with np.load(DIGITS / "testset.npz") as data:
+        images, labels = data["images"][:count], data["labels"][:count]
+    out = []
+    for image, label in zip(images, labels, strict=True):
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
+        out.append((buf.getvalue(), int(label)))
+    return out
