@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import pytest
 
@@ -15,6 +17,7 @@ from protocol.messages import (
     TensorDigest,
     decode,
     encode,
+    new_id,
 )
 
 
@@ -71,3 +74,13 @@ def test_decode_names_the_problem(payload: bytes, where: str) -> None:
 def test_empty_batch_is_invalid() -> None:
     with pytest.raises(InvalidMessage, match="results"):
         decode(ResultBatch, b'{"device_id": "d", "results": []}')
+
+
+def test_ids_are_time_ordered_uuid7() -> None:
+    first = new_id()
+    time.sleep(0.002)
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert first < min(ids), "ids made later sort later (across milliseconds)"

@@ -1,0 +1,654 @@
+"""The one module that talks to an MQTT broker: an asyncio client over paho-mqtt's network thread.
+
+The agent and the control plane both use :class:`MQTTClient`; nothing else imports paho, and no
+paho type or error crosses this boundary. Errors:
+
+ProtocolError                 (protocol.errors)
+ └── MQTTError                a broker connection or delivery failure
+      ├── NotConnected        no connection now (a publish never queues silently), or none in time
+      ├── PublishTimeout      no PUBACK within the timeout: a failure, never a success
+      └── PublishRefused      the broker answered with a failure reason code (e.g. not authorized)
+
+**Threads.** Each network connection is a *fresh* paho client run by its own thread
+(``loop_start``); paho's callbacks hand their events to the event loop with
+``call_soon_threadsafe``, so every future, counter and user callback lives in the loop. A new
+client per connection means paho never re-sends, on its own, a publish that a caller has already
+been told failed: paho keeps its session in memory only, and the durable record is the caller's
+(the agent's SQLite outbox). Reconnecting is ours, not paho's: capped exponential backoff with full
+jitter (:func:`backoff_delay`), so a fleet does not reconnect in lockstep after a broker restart.
+
+**Versions.** MQTT v5 by default: under 3.1.1 Mosquitto acknowledges a publish that its ACL
+forbids and drops it, while under v5 the PUBACK says "not authorized" and :meth:`publish` raises
+:class:`PublishRefused`. With ``protocol="auto"`` a broker that refuses v5 (amqtt, the embedded
+demo broker, speaks 3.1.1 only) makes the client fall back to 3.1.1 for good, with a warning
+(:func:`should_fall_back`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from protocol.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+ProtocolMode = Literal["auto", "5", "3.1.1"]
+CONNACK_TIMEOUT = 10.0
+"""Seconds to wait for the broker's CONNACK after the TCP connection is up."""
+SUBACK_TIMEOUT = 10.0
+UNSUPPORTED_VERSION = (0x84, 0x01)
+"""CONNACK codes for "unsupported protocol version": v5's 0x84, and 3.1.1's 1 (what amqtt sends)."""
+
+
+class MQTTError(ProtocolError):
+    """Base class of the broker connection and delivery failures."""
+
+
+class NotConnected(MQTTError):
+    pass
+
+
+class PublishTimeout(MQTTError):
+    pass
+
+
+class PublishRefused(MQTTError):
+    def __init__(self, message: str, reason_code: int) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+# --- pure decisions ----------------------------------------------------------------------
+
+
+def backoff_delay(attempt: int, minimum: float, maximum: float, rand: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0 = the first retry).
+
+    Full jitter between ``minimum`` and a ceiling that doubles each attempt, capped at
+    ``maximum``: ``rand`` (uniform in [0, 1)) picks the point, so the caller owns the randomness.
+    """
+    ceiling = min(maximum, minimum * 2.0 ** min(attempt + 1, 64))
+    return minimum + rand * max(0.0, ceiling - minimum)
+
+
+def should_fall_back(mode: ProtocolMode, version: str, connack: int | None, hangups: int) -> bool:
+    """Whether to drop from MQTT v5 to 3.1.1 after a connection attempt that got no session.
+
+    ``connack`` is the CONNACK reason code, or None when the broker closed the connection before
+    answering; ``hangups`` counts such closes in a row. One close is not enough (a broker that is
+    restarting does that too); two in a row, or an explicit "unsupported protocol version", is.
+    """
+    if mode != "auto" or version != "5":
+        return False
+    if connack is None:
+        return hangups >= 2
+    return connack in UNSUPPORTED_VERSION
+
+
+def refusal(topic: str, reason_code: int, reason: str) -> PublishRefused | None:
+    """The error for a PUBACK reason code, or None for a success (codes below 0x80)."""
+    if reason_code < 0x80:
+        return None
+    return PublishRefused(
+        f"the broker refused the publish on {topic!r}: {reason} (reason code {reason_code:#04x})",
+        reason_code,
+    )
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """Where the broker is: ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        expected = "expected mqtt://host:port or mqtts://host:port"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"invalid broker URL {_redact(url)!r}: {exc}; {expected}") from None
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"invalid broker URL {_redact(url)!r}: {expected}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"invalid broker URL {_redact(url)!r}: no path or query; {expected}")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
+            username=parts.username or None,
+            password=parts.password,
+        )
+
+    def __str__(self) -> str:
+        """The URL without its password, for logs."""
+        user = f"{self.username}@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for a client that vanishes without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class _Acker:
+    """Send one PUBACK for one received message, once, from any thread."""
+
+    def __init__(self, client: paho.Client, mid: int, qos: int) -> None:
+        self._client, self._mid, self._qos = client, mid, qos
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._client.ack(self._mid, self._qos)
+
+
+@dataclass
+class Message:
+    """A message received on a subscription."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    _acker: _Acker | None = field(default=None, repr=False, compare=False)
+
+    def ack(self) -> None:
+        """With ``manual_ack`` clients, send the PUBACK now (else a no-op); thread-safe, idempotent.
+
+        An unacknowledged QoS 1 message is redelivered by the broker when the session resumes.
+        """
+        if self._acker is not None:
+            self._acker()
+
+
+# --- one connection ----------------------------------------------------------------------
+
+
+class _Connection:
+    """One paho client and its thread, for one network connection; never reused.
+
+    The ``_paho_*`` methods run on paho's thread and only post to the loop; the ``_on_*``
+    methods run in the loop.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: paho.Client,
+        deliver: Callable[[Message], None],
+        manual_ack: bool,
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.deliver = deliver
+        self.manual_ack = manual_ack
+        self.connack: asyncio.Future[int | None] = loop.create_future()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self.connected = False
+        self.thread: threading.Thread | None = None
+        self.publishes: dict[int, tuple[asyncio.Future[None], str]] = {}
+        self.subscribes: dict[int, asyncio.Future[list[int]]] = {}
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_publish = self._paho_publish
+        client.on_subscribe = self._paho_subscribe
+        client.on_message = self._paho_message
+
+    def start_thread(self) -> None:
+        self.client.loop_start()
+        self.thread = self.client._thread  # paho clears its own reference as the thread ends
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody waits for this event any more
+            pass
+
+    def _paho_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._post(self._on_connack, int(reason.value), str(reason))
+
+    def _paho_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._post(self._on_closed, str(reason))
+
+    def _paho_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self._post(self._on_puback, mid, int(reason.value), str(reason))
+
+    def _paho_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[Any], _p: Any) -> None:
+        self._post(self._on_suback, mid, [int(r.value) for r in reasons])
+
+    def _paho_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        acker = _Acker(client, msg.mid, msg.qos) if self.manual_ack and msg.qos > 0 else None
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            log.warning("dropped a message whose topic is not UTF-8: %r", msg._topic)
+            if acker is not None:
+                acker()
+            return
+        message = Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), acker)
+        self._post(self.deliver, message)
+
+    def _on_connack(self, code: int, reason: str) -> None:
+        self.connected = code == 0
+        if not self.connack.done():
+            self.connack.set_result(code)
+        if code != 0:
+            log.warning("the broker refused the connection: %s (code %#04x)", reason, code)
+
+    def _on_closed(self, reason: str) -> None:
+        self.connected = False
+        if not self.connack.done():
+            self.connack.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        for future, topic in self.publishes.values():
+            if not future.done():
+                future.set_exception(
+                    NotConnected(f"the connection closed ({reason}) before the PUBACK on {topic!r}")
+                )
+        for sub in self.subscribes.values():
+            if not sub.done():
+                sub.set_exception(NotConnected(f"the connection closed ({reason}) before SUBACK"))
+
+    def _on_puback(self, mid: int, code: int, reason: str) -> None:
+        entry = self.publishes.get(mid)
+        if entry is None or entry[0].done():
+            return  # its publish() timed out or was cancelled
+        future, topic = entry
+        error = refusal(topic, code, reason)
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def _on_suback(self, mid: int, codes: list[int]) -> None:
+        future = self.subscribes.get(mid)
+        if future is not None and not future.done():
+            future.set_result(codes)
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """How one connection attempt went: CONNECT sent?, the CONNACK code (None: none), a session?"""
+
+    sent: bool
+    connack: int | None
+    session: bool
+
+
+class MQTTClient:
+    """An MQTT client that reconnects forever; see the module docstring.
+
+    ``on_connect`` is awaited in the loop after every successful (re)connect and after the
+    subscriptions are renewed; ``on_message`` is called in the loop for each message and must not
+    block (Mosquitto drops QoS 1 messages for a subscriber that falls ``max_queued_messages``
+    behind). With ``manual_ack`` the PUBACK for a message goes out only on :meth:`Message.ack`.
+    """
+
+    def __init__(
+        self,
+        url: BrokerURL | str,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        protocol: ProtocolMode = "auto",
+        keepalive: int = 30,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+        manual_ack: bool = False,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 30.0,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_message: Callable[[Message], None] | None = None,
+        max_inflight: int = 100,
+        max_queued: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if protocol not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"protocol must be 'auto', '5' or '3.1.1', not {protocol!r}")
+        if not 0 < reconnect_min <= reconnect_max:
+            raise ValueError(
+                f"need 0 < reconnect_min <= reconnect_max, got {reconnect_min}, {reconnect_max}"
+            )
+        self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+        self.client_id = client_id
+        self._will = will
+        self._mode: ProtocolMode = protocol
+        self._version = "3.1.1" if protocol == "3.1.1" else "5"
+        self._keepalive = keepalive
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._manual_ack = manual_ack
+        self._reconnect = (reconnect_min, reconnect_max)
+        self._on_connect = on_connect
+        self._on_message = on_message
+        self._max_inflight = max_inflight
+        self._max_queued = max_queued
+        self._ssl_context = ssl_context
+        self._subscriptions: dict[str, int] = {}
+        self._conn: _Connection | None = None
+        self._ready = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._on_connect_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.connected
+
+    @property
+    def protocol_version(self) -> str:
+        """``"5"`` or ``"3.1.1"``: what the last connection used (or the next one will)."""
+        return self._version
+
+    async def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        if self._stopping:
+            raise MQTTError(f"MQTT client {self.client_id} was stopped; make a new one")
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"mqtt-{self.client_id}")
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once connected with every subscription renewed; NotConnected on timeout."""
+        if self._task is None or self._stopping:
+            raise NotConnected(f"MQTT client {self.client_id} is not running (call start())")
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            why = self._last_error or "no answer"
+            raise NotConnected(f"not connected to {self.url} within {timeout}s: {why}") from None
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish; with QoS 1 return only after the broker's PUBACK (see the module docstring)."""
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"cannot publish on {topic!r}: a topic is non-empty, without + or #")
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise NotConnected(f"not connected to {self.url}: cannot publish on {topic!r}")
+        try:
+            info = conn.client.publish(topic, payload, qos, retain)
+        except ValueError as exc:  # paho's own checks, e.g. a payload over 256 MiB
+            raise MQTTError(f"cannot publish on {topic!r}: {exc}") from None
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise _error_for(info.rc, f"publish on {topic!r}")
+        if qos == 0:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        conn.publishes[info.mid] = (future, topic)  # before any await: the PUBACK is posted later
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise PublishTimeout(
+                f"no PUBACK from {self.url} within {timeout}s for the publish on {topic!r}"
+            ) from None
+        finally:
+            conn.publishes.pop(info.mid, None)
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected (waiting for the SUBACK), and again after every reconnect."""
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        if not topic_filter:
+            raise ValueError("cannot subscribe to an empty topic filter")
+        self._subscriptions[topic_filter] = qos
+        conn = self._conn
+        if conn is not None and conn.connected:
+            await self._send_subscribe(conn, {topic_filter: qos})
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (the broker does not send the will) and stop paho's thread."""
+        self._stopping = True
+        self._wakeup.set()
+        conn = self._conn
+        if conn is not None and conn.connected:
+            conn.client.disconnect()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), CONNACK_TIMEOUT)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._ready.clear()
+
+    # --- the connection loop (in the event loop) -------------------------------------------
+
+    async def _supervise(self) -> None:
+        failures = 0  # attempts since the last session, for the backoff
+        hangups = 0  # closes before CONNACK in a row, for the v5 fallback
+        while not self._stopping:
+            attempt = await self._connect_once()
+            if attempt.session:
+                failures = 0
+            hangups = hangups + 1 if attempt.sent and attempt.connack is None else 0
+            if self._stopping:
+                break
+            if attempt.sent and should_fall_back(
+                self._mode, self._version, attempt.connack, hangups
+            ):
+                self._version = "3.1.1"
+                log.warning(
+                    "%s: the broker %s refused MQTT v5; falling back to MQTT 3.1.1 (a publish "
+                    "that the broker's ACL forbids is then dropped without an error)",
+                    self.client_id,
+                    self.url,
+                )
+                continue
+            delay = backoff_delay(failures, *self._reconnect, random.random())
+            failures += 1
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _connect_once(self) -> _Attempt:
+        """One connection, from the TCP connect to its close."""
+        loop = asyncio.get_running_loop()
+        conn = _Connection(loop, self._make_paho(), self._deliver, self._manual_ack)
+        self._conn = conn
+        try:
+            await asyncio.to_thread(
+                conn.client.connect,
+                self.url.host,
+                self.url.port,
+                self._keepalive,
+                **self._connect_args(),
+            )
+        except OSError as exc:
+            self._note_failure(f"cannot connect to {self.url}: {exc}")
+            return _Attempt(sent=False, connack=None, session=False)
+        conn.start_thread()
+        try:
+            try:
+                connack = await asyncio.wait_for(asyncio.shield(conn.connack), CONNACK_TIMEOUT)
+            except asyncio.TimeoutError:
+                self._note_failure(f"no CONNACK from {self.url} within {CONNACK_TIMEOUT}s")
+                return _Attempt(sent=False, connack=None, session=False)
+            if connack == 0:
+                await self._session(conn)
+                return _Attempt(sent=True, connack=0, session=True)
+            if connack is None:
+                self._note_failure(f"{self.url} closed the connection before its CONNACK")
+            else:
+                self._note_failure(f"{self.url} refused the connection (code {connack:#04x})")
+            return _Attempt(sent=True, connack=connack, session=False)
+        finally:
+            await self._close(conn)
+
+    async def _session(self, conn: _Connection) -> None:
+        """A connection with a session: renew subscriptions, run on_connect, wait for the end."""
+        log.info("%s: connected to %s (MQTT %s)", self.client_id, self.url, self._version)
+        self._last_error = None
+        if self._stopping:
+            conn.client.disconnect()
+        elif self._subscriptions:
+            try:
+                await self._send_subscribe(conn, dict(self._subscriptions))
+            except MQTTError as exc:
+                log.error("%s: renewing subscriptions failed: %s", self.client_id, exc)
+        if conn.connected and not self._stopping:
+            self._ready.set()
+            if self._on_connect is not None:
+                self._on_connect_task = asyncio.create_task(self._run_on_connect(self._on_connect))
+        reason = await asyncio.shield(conn.closed)
+        if not self._stopping:
+            log.warning("%s: lost the connection to %s: %s", self.client_id, self.url, reason)
+
+    async def _close(self, conn: _Connection) -> None:
+        self._ready.clear()
+        if self._on_connect_task is not None:
+            self._on_connect_task.cancel()
+            await asyncio.gather(self._on_connect_task, return_exceptions=True)
+            self._on_connect_task = None
+        if not conn.closed.done():
+            conn.client.disconnect()
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.closed), 5.0)
+            except asyncio.TimeoutError:
+                conn._on_closed("closed by the client")
+        if conn.thread is not None:  # it ends by itself once the socket is closed
+            await asyncio.to_thread(conn.thread.join, 5.0)
+
+    async def _run_on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await callback()
+        except MQTTError as exc:
+            log.warning("%s: on_connect failed: %s", self.client_id, exc)
+        except Exception:
+            log.exception("%s: on_connect failed", self.client_id)
+
+    async def _send_subscribe(self, conn: _Connection, filters: dict[str, int]) -> None:
+        try:
+            rc, mid = conn.client.subscribe(list(filters.items()))
+        except ValueError as exc:
+            raise MQTTError(f"cannot subscribe to {list(filters)}: {exc}") from None
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise _error_for(rc, f"subscribe to {list(filters)}")
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        conn.subscribes[mid] = future
+        try:
+            codes = await asyncio.wait_for(future, SUBACK_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise MQTTError(f"no SUBACK from {self.url} within {SUBACK_TIMEOUT}s") from None
+        finally:
+            conn.subscribes.pop(mid, None)
+        refused = [f for f, code in zip(filters, codes, strict=False) if code >= 0x80]
+        if refused:
+            raise MQTTError(f"the broker {self.url} refused the subscription to {refused}")
+
+    def _deliver(self, message: Message) -> None:
+        if self._on_message is None:
+            message.ack()
+            return
+        try:
+            self._on_message(message)
+        except Exception:
+            log.exception(
+                "%s: on_message failed for a message on %s", self.client_id, message.topic
+            )
+
+    def _note_failure(self, why: str) -> None:
+        if self._last_error is None:
+            log.warning("%s: %s; retrying with backoff", self.client_id, why)
+        else:
+            log.debug("%s: %s", self.client_id, why)
+        self._last_error = why
+
+    # --- paho configuration ----------------------------------------------------------------
+
+    def _make_paho(self) -> paho.Client:
+        v5 = self._version == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else self._clean_start,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,
+            manual_ack=self._manual_ack,
+        )
+        paho_log = logging.getLogger(f"{__name__}.paho")
+        if paho_log.isEnabledFor(logging.DEBUG):  # else quiet: paho logs a clean stop as an ERROR
+            client.enable_logger(paho_log)
+        client.max_inflight_messages_set(self._max_inflight)
+        client.max_queued_messages_set(self._max_queued)
+        if self.url.username is not None:
+            client.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            client.tls_set_context(self._ssl_context or ssl.create_default_context())
+        if self._will is not None:
+            w = self._will
+            client.will_set(w.topic, w.payload, w.qos, w.retain)
+        return client
+
+    def _connect_args(self) -> dict[str, Any]:
+        if self._version != "5":
+            return {}
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self._session_expiry > 0:
+            properties.SessionExpiryInterval = self._session_expiry
+        return {"clean_start": self._clean_start, "properties": properties}
+
+
+def _error_for(rc: MQTTErrorCode | int, what: str) -> MQTTError:
+    """Translate a paho error code from a call that did not even reach the broker."""
+    if rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST):
+        return NotConnected(f"not connected: cannot {what}")
+    if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+        return MQTTError(f"cannot {what}: the client's outgoing queue is full (max_queued)")
+    return MQTTError(f"cannot {what}: {paho.error_string(int(rc))}")
