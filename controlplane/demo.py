@@ -52,11 +52,11 @@ class Stack:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=REPO,
-        )  # fmt: skip
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=REPO,
+            )  # fmt: skip
         self.procs.append((name, proc))
         return proc
 

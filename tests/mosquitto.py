@@ -64,10 +64,13 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        log = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-        )
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,363 @@
+"""The served model: a runtime backend with its manifest, pre- and post-processing.
+
+:class:`ServedModel` is what the local API and the simulator call. It loads a model file on the
+first backend of a priority list that works (:mod:`agent.runtimes`), checks the manifest against
+the tensors the file declares, and runs every inference (pre-processing, ``invoke``,
+post-processing) on ONE worker thread of its own: the event loop never blocks, and the interpreter,
+which is not thread-safe, is never used by two requests at once. A file without a manifest is
+served as it is: named after the file, version "0", raw tensors in and out, and images accepted
+when its input looks like one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import AgentError, InputError, ModelLoadError, RuntimeBackendError
+from agent.postprocess import DEFAULT_MAX_OUTPUT_VALUES, classify, summarize_outputs
+from agent.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImagePlan,
+    default_image_preprocess,
+    fmt_shape,
+    image_to_tensor,
+    plan_image,
+    validate_inputs,
+)
+from agent.runtimes import open_runtime
+from agent.runtimes.base import Runtime
+from protocol.manifest import (
+    ClassificationPostprocess,
+    ImagePreprocess,
+    ModelManifest,
+    TensorSpec,
+)
+from protocol.messages import InferenceResult
+
+PLATFORMS = {".tflite": "tflite", ".onnx": "onnx"}
+
+
+@dataclass(frozen=True)
+class InferenceOutput:
+    outputs: dict[str, np.ndarray]
+    """The raw outputs, as the model gives them (not dequantised)."""
+    result: InferenceResult
+    """What the outbox keeps: model, version, artifact hash, backend, latency, classes/outputs."""
+
+
+@dataclass(frozen=True)
+class _Classifier:
+    output: TensorSpec
+    post: ClassificationPostprocess
+    labels: Sequence[str]
+
+
+class ServedModel:
+    """One model served on one backend, inferring on a dedicated worker thread."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        manifest: ModelManifest,
+        artifact_sha256: str,
+        platform: str,
+        fallback_reason: str | None = None,
+        max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
+        image_plan: ImagePlan | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.name = manifest.name
+        self.version = manifest.version
+        self.artifact_sha256 = artifact_sha256
+        self.platform = platform
+        self.backend = runtime.name
+        self.fallback_reason = fallback_reason
+        self.inputs: list[TensorSpec] = runtime.inputs
+        self.outputs: list[TensorSpec] = runtime.outputs
+        self._runtime = runtime
+        self._max_output_values = max_output_values
+        self._image_plan = image_plan
+        self._classifier = _classifier(manifest, runtime.outputs)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str,
+        *,
+        manifest: ModelManifest | None = None,
+        priority: Sequence[str] | None = None,
+        threads: int = 1,
+        max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> ServedModel:
+        """Load ``path`` on the first backend of ``priority`` that works (default: by file type).
+
+        Raises ModelLoadError naming the problem: no backend, a file that does not load, or a
+        manifest that does not match the model's tensors.
+        """
+        path = Path(path)
+        opened = open_runtime(path, priority, threads)
+        try:
+            return cls.from_runtime(
+                opened.runtime,
+                manifest=manifest,
+                name=path.stem,
+                artifact_sha256=file_sha256(path),
+                platform=PLATFORMS.get(path.suffix.lower(), path.suffix.lstrip(".")),
+                fallback_reason=opened.fallback_reason,
+                max_output_values=max_output_values,
+                max_pixels=max_pixels,
+            )
+        except BaseException:
+            opened.runtime.close()
+            raise
+
+    @classmethod
+    def from_runtime(
+        cls,
+        runtime: Runtime,
+        *,
+        manifest: ModelManifest | None,
+        name: str,
+        artifact_sha256: str,
+        platform: str,
+        fallback_reason: str | None = None,
+        max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> ServedModel:
+        """Serve an opened runtime; without a manifest, as raw tensors named ``name``."""
+        if manifest is None:
+            manifest = ModelManifest(
+                name=model_name(name), version="0", inputs=runtime.inputs, outputs=runtime.outputs
+            )
+        else:
+            problems = spec_mismatches("input", manifest.inputs, runtime.inputs)
+            problems += spec_mismatches("output", manifest.outputs, runtime.outputs)
+            if problems:
+                raise ModelLoadError(
+                    f"model {manifest.name!r} does not match its manifest: " + "; ".join(problems)
+                )
+        try:
+            plan = _image_plan(manifest, runtime.inputs, max_pixels)
+        except ValueError as exc:
+            raise ModelLoadError(f"model {manifest.name!r}: {exc}") from None
+        return cls(
+            runtime,
+            manifest=manifest,
+            artifact_sha256=artifact_sha256,
+            platform=platform,
+            fallback_reason=fallback_reason,
+            max_output_values=max_output_values,
+            image_plan=plan,
+        )
+
+    @property
+    def accepts_images(self) -> bool:
+        """Whether :meth:`infer_image` can work (an image manifest, or an image-like input)."""
+        return self._image_plan is not None
+
+    def metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol model metadata."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [_tensor_metadata(spec) for spec in self.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in self.outputs],
+        }
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], *, request_id: str | None = None
+    ) -> InferenceOutput:
+        """Infer on a client's tensors (exact names, dtypes and shapes, else InputError)."""
+        return await self._submit(self._run_tensors, inputs, request_id)
+
+    async def infer_image(self, data: bytes, *, request_id: str | None = None) -> InferenceOutput:
+        """Infer on a JPEG or PNG image, pre-processed as the manifest says."""
+        if self._image_plan is None:
+            described = ", ".join(
+                f"{s.name!r} {s.datatype} {fmt_shape(s.shape)}" for s in self.inputs
+            )
+            raise InputError(
+                f"model {self.name!r} takes raw tensors ({described}), not images; "
+                "send tensors to its infer endpoint"
+            )
+        return await self._submit(self._run_image, data, request_id)
+
+    def close(self) -> None:
+        """Wait for the inference in progress, then release the backend. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        self._runtime.close()
+
+    # --- on the worker thread ---------------------------------------------------------------
+
+    async def _submit(self, fn: Any, payload: Any, request_id: str | None) -> InferenceOutput:
+        if self._closed:
+            raise RuntimeBackendError(f"model {self.name!r} is closed")
+        loop = asyncio.get_running_loop()
+        result: InferenceOutput = await loop.run_in_executor(
+            self._executor, fn, payload, request_id
+        )
+        return result
+
+    def _run_tensors(
+        self, inputs: Mapping[str, np.ndarray], request_id: str | None
+    ) -> InferenceOutput:
+        start = time.perf_counter()
+        validate_inputs(self.inputs, inputs)
+        return self._finish(self._invoke(inputs), start, request_id)
+
+    def _run_image(self, data: bytes, request_id: str | None) -> InferenceOutput:
+        start = time.perf_counter()
+        plan = self._image_plan
+        assert plan is not None  # checked by infer_image
+        tensor = image_to_tensor(data, plan)
+        return self._finish(self._invoke({plan.input.name: tensor}), start, request_id)
+
+    def _invoke(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._runtime.infer(inputs)
+        except AgentError:
+            raise
+        except Exception as exc:  # a backend that let a foreign exception through
+            raise RuntimeBackendError(f"{self.backend}: inference failed: {exc}") from None
+
+    def _finish(
+        self, outputs: dict[str, np.ndarray], start: float, request_id: str | None
+    ) -> InferenceOutput:
+        classes = None
+        kept = None
+        c = self._classifier
+        if c is not None:
+            classes = classify(
+                outputs[c.output.name],
+                c.output.quantization,
+                k=c.post.top_k,
+                apply_softmax=c.post.softmax,
+                labels=c.labels,
+            )
+        if classes is None:
+            kept = summarize_outputs(outputs, self._max_output_values)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        result = InferenceResult(
+            model=self.name,
+            model_version=self.version,
+            artifact_sha256=self.artifact_sha256,
+            backend=self.backend,
+            latency_ms=round(latency_ms, 3),
+            request_id=request_id,
+            classes=classes,
+            outputs=kept,
+        )
+        return InferenceOutput(outputs=outputs, result=result)
+
+
+# --- decisions at load ----------------------------------------------------------------------
+
+
+def model_name(stem: str) -> str:
+    """A valid model name from a file stem: other characters become ``_``, at most 64."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64] or "model"
+
+
+def spec_mismatches(
+    kind: str, declared: Sequence[TensorSpec], actual: Sequence[TensorSpec]
+) -> list[str]:
+    """How a manifest's tensors differ from the model's (empty when they agree)."""
+    problems: list[str] = []
+    found = {spec.name: spec for spec in actual}
+    for want in declared:
+        have = found.get(want.name)
+        if have is None:
+            names = ", ".join(repr(s.name) for s in actual)
+            problems.append(f"{kind} {want.name!r} is not in the model (it has {names})")
+            continue
+        if want.datatype != have.datatype:
+            problems.append(
+                f"{kind} {want.name!r}: manifest says {want.datatype}, model has {have.datatype}"
+            )
+        if len(want.shape) != len(have.shape) or any(
+            -1 not in (w, h) and w != h for w, h in zip(want.shape, have.shape, strict=False)
+        ):
+            problems.append(
+                f"{kind} {want.name!r}: manifest says shape {fmt_shape(want.shape)}, "
+                f"model has {fmt_shape(have.shape)}"
+            )
+        wq, hq = want.quantization, have.quantization
+        if wq is not None and (
+            hq is None
+            or wq.zero_point != hq.zero_point
+            or not np.isclose(wq.scale, hq.scale, rtol=1e-5, atol=0.0)
+        ):
+            problems.append(
+                f"{kind} {want.name!r}: manifest says quantisation {_quant(wq)}, "
+                f"model has {_quant(hq)}"
+            )
+    declared_names = {spec.name for spec in declared}
+    problems += [
+        f"model {kind} {spec.name!r} is not in the manifest"
+        for spec in actual
+        if spec.name not in declared_names
+    ]
+    return problems
+
+
+def _quant(q: Any) -> str:
+    return "none" if q is None else f"scale {q.scale:g} zero point {q.zero_point}"
+
+
+def _image_plan(
+    manifest: ModelManifest, inputs: Sequence[TensorSpec], max_pixels: int
+) -> ImagePlan | None:
+    pre = manifest.preprocess
+    if isinstance(pre, ImagePreprocess):
+        if len(inputs) != 1:
+            raise ValueError(
+                f"image pre-processing needs a model with one input, not {len(inputs)}"
+            )
+        return plan_image(pre, inputs[0], max_pixels=max_pixels)
+    guessed = default_image_preprocess(inputs[0]) if len(inputs) == 1 else None
+    return plan_image(guessed, inputs[0], max_pixels=max_pixels) if guessed else None
+
+
+def _classifier(manifest: ModelManifest, outputs: Sequence[TensorSpec]) -> _Classifier | None:
+    post = manifest.postprocess
+    if not isinstance(post, ClassificationPostprocess):
+        return None
+    wanted = post.output or manifest.outputs[0].name
+    spec = next((s for s in outputs if s.name == wanted), None)
+    if spec is None:  # unreachable after spec_mismatches, kept as a clear error
+        raise ModelLoadError(f"model {manifest.name!r}: classification output {wanted!r} not found")
+    return _Classifier(output=spec, post=post, labels=manifest.labels)
+
+
+def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from None
+    return digest.hexdigest()
