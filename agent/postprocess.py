@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -78,9 +78,15 @@ def summarize_outputs(
 
 
 def tensor_data(name: str, array: np.ndarray) -> TensorData:
-    return TensorData(
-        name=name, shape=list(array.shape), datatype=datatype(array), data=array.ravel().tolist()
-    )
+    if array.dtype.kind in "SUO":  # BYTES outputs: kept as text (UTF-8, undecodable bytes replaced)
+        data: list[Any] = [_text(v) for v in array.ravel().tolist()]
+    else:
+        data = array.ravel().tolist()
+    return TensorData(name=name, shape=list(array.shape), datatype=datatype(array), data=data)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def tensor_digest(name: str, array: np.ndarray) -> TensorDigest:

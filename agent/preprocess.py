@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from agent.errors import InputError
 from protocol.manifest import ImagePreprocess, Quantization, TensorSpec
@@ -142,7 +142,9 @@ def decode_image(data: bytes, plan: ImagePlan) -> np.ndarray:
         image = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"image too large: {exc}") from None
-    except Exception as exc:  # Pillow's zoo: UnidentifiedImageError, SyntaxError, struct.error...
+    except UnidentifiedImageError:
+        raise InputError("body is not a JPEG or PNG image") from None
+    except Exception as exc:  # Pillow's zoo: SyntaxError, struct.error, OSError ...
         raise InputError(f"body is not a JPEG or PNG image: {exc}") from None
     with image:
         if image.width * image.height > plan.max_pixels:

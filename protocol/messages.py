@@ -127,7 +127,7 @@ class TensorData(_Wire):
     name: str
     shape: list[int]
     datatype: Datatype
-    data: list[float] | list[int] | list[bool]
+    data: list[float] | list[int] | list[bool] | list[str]
 
 
 class TensorDigest(_Wire):

@@ -226,6 +226,7 @@ class _Connection:
         self.connack: asyncio.Future[int | None] = loop.create_future()
         self.closed: asyncio.Future[str] = loop.create_future()
         self.connected = False
+        self.connack_reason = ""
         self.thread: threading.Thread | None = None
         self.publishes: dict[int, tuple[asyncio.Future[None], str]] = {}
         self.subscribes: dict[int, asyncio.Future[list[int]]] = {}
@@ -238,6 +239,16 @@ class _Connection:
     def start_thread(self) -> None:
         self.client.loop_start()
         self.thread = self.client._thread  # paho clears its own reference as the thread ends
+
+    def release(self) -> None:
+        """Close paho's sockets now, once its thread is gone.
+
+        paho closes them only in ``__del__``, which runs in no set order when the client sits in
+        a reference cycle (its callbacks are our bound methods): Python then warns of unclosed
+        sockets.
+        """
+        if self.thread is None or not self.thread.is_alive():
+            self.client._reset_sockets()
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -271,10 +282,9 @@ class _Connection:
 
     def _on_connack(self, code: int, reason: str) -> None:
         self.connected = code == 0
+        self.connack_reason = reason
         if not self.connack.done():
             self.connack.set_result(code)
-        if code != 0:
-            log.warning("the broker refused the connection: %s (code %#04x)", reason, code)
 
     def _on_closed(self, reason: str) -> None:
         self.connected = False
@@ -383,6 +393,15 @@ class MQTTClient:
         return self._conn is not None and self._conn.connected
 
     @property
+    def on_connect(self) -> Callable[[], Awaitable[None]] | None:
+        """Awaited after every (re)connect; settable so that a collaborator can hook in later."""
+        return self._on_connect
+
+    @on_connect.setter
+    def on_connect(self, callback: Callable[[], Awaitable[None]] | None) -> None:
+        self._on_connect = callback
+
+    @property
     def protocol_version(self) -> str:
         """``"5"`` or ``"3.1.1"``: what the last connection used (or the next one will)."""
         return self._version
@@ -395,9 +414,12 @@ class MQTTClient:
             self._task = asyncio.create_task(self._supervise(), name=f"mqtt-{self.client_id}")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Return once connected with every subscription renewed; NotConnected on timeout."""
-        if self._task is None or self._stopping:
-            raise NotConnected(f"MQTT client {self.client_id} is not running (call start())")
+        """Return once connected with every subscription renewed; NotConnected on timeout.
+
+        Before :meth:`start` this waits for it; after :meth:`stop` it raises at once.
+        """
+        if self._stopping:
+            raise NotConnected(f"MQTT client {self.client_id} is stopped")
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except asyncio.TimeoutError:
@@ -511,6 +533,7 @@ class MQTTClient:
                 **self._connect_args(),
             )
         except OSError as exc:
+            conn.release()
             self._note_failure(f"cannot connect to {self.url}: {exc}")
             return _Attempt(sent=False, connack=None, session=False)
         conn.start_thread()
@@ -526,7 +549,8 @@ class MQTTClient:
             if connack is None:
                 self._note_failure(f"{self.url} closed the connection before its CONNACK")
             else:
-                self._note_failure(f"{self.url} refused the connection (code {connack:#04x})")
+                why = f"{conn.connack_reason} (code {connack:#04x})"
+                self._note_failure(f"{self.url} refused the connection: {why}")
             return _Attempt(sent=True, connack=connack, session=False)
         finally:
             await self._close(conn)
@@ -541,7 +565,8 @@ class MQTTClient:
             try:
                 await self._send_subscribe(conn, dict(self._subscriptions))
             except MQTTError as exc:
-                log.error("%s: renewing subscriptions failed: %s", self.client_id, exc)
+                if conn.connected:  # else the connection is gone and the next one retries
+                    log.error("%s: renewing subscriptions failed: %s", self.client_id, exc)
         if conn.connected and not self._stopping:
             self._ready.set()
             if self._on_connect is not None:
@@ -564,6 +589,7 @@ class MQTTClient:
                 conn._on_closed("closed by the client")
         if conn.thread is not None:  # it ends by itself once the socket is closed
             await asyncio.to_thread(conn.thread.join, 5.0)
+        conn.release()
 
     async def _run_on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -605,7 +631,7 @@ class MQTTClient:
 
     def _note_failure(self, why: str) -> None:
         if self._last_error is None:
-            log.warning("%s: %s; retrying with backoff", self.client_id, why)
+            log.warning("%s: %s", self.client_id, why)
         else:
             log.debug("%s: %s", self.client_id, why)
         self._last_error = why

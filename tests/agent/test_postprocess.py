@@ -95,3 +95,10 @@ def test_digest_is_of_little_endian_c_order_bytes() -> None:
     assert {k: d.sha256 for k, d in digests.items() if isinstance(d, TensorDigest)} == {
         k: expected for k in views
     }
+
+
+def test_bytes_outputs_are_kept_as_text() -> None:
+    (kept,) = summarize_outputs({"s": np.array([b"ab", b"\xff"], dtype=object)})
+    assert isinstance(kept, TensorData)
+    assert kept.datatype == "BYTES"
+    assert kept.data == ["ab", "\ufffd"]
