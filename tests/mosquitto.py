@@ -6,6 +6,7 @@ The broker can be stopped and started again on the same port (outage tests).
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -47,7 +48,14 @@ class Mosquitto:
                 [
                     f"listener {self.port} 127.0.0.1",
                     "allow_anonymous true",
-                    "persistence false",
+                    # Persistent sessions survive a broker restart, as in production: without
+                    # them a restarted broker forgets the control plane's subscription and drops
+                    # what devices publish before it resubscribes.
+                    "persistence true",
+                    f"persistence_location {workdir}/",
+                    # Started as root, mosquitto would switch to the `mosquitto` user, which cannot
+                    # write the test's 0700 temporary directory.
+                    f"user {getpass.getuser()}",
                     f"max_queued_messages {max_queued}",
                     "max_inflight_messages 100",
                     "log_dest stderr",

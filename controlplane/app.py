@@ -1,0 +1,91 @@
+"""The control plane's ASGI app: ``create_app(settings)`` wires the store, ingestion and the API.
+
+The lifespan opens the store (unless one is passed in, already open) and starts MQTT ingestion
+(unless ``mqtt=False``: an API-only app, for tests or a read replica), and on shutdown stops
+ingestion first, so that every message taken in is committed and acknowledged, then closes the
+store. Every error is answered as JSON ``{"error": ...}``; an unexpected exception is logged with
+its traceback and answered 500 without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from controlplane import api
+from controlplane.errors import BadRequest, StoreError
+from controlplane.ingest import Ingestor
+from controlplane.metrics import Metrics
+from controlplane.settings import Settings
+from controlplane.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = True) -> Starlette:
+    """The app. With ``store`` the caller owns it (opens and closes it); else the lifespan does."""
+    owns_store = store is None
+    if store is None:
+        store = Store(settings.store_path, synchronous=settings.synchronous, metrics=Metrics())
+    ctx = api.Context(settings=settings, store=store, metrics=store.metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if owns_store:
+            await asyncio.to_thread(ctx.store.open)
+        try:
+            if mqtt:
+                ctx.ingestor = Ingestor(settings, ctx.store, ctx.metrics)
+                await ctx.ingestor.start()
+            yield
+        finally:
+            if ctx.ingestor is not None:
+                await ctx.ingestor.stop()
+            if owns_store:
+                await asyncio.to_thread(ctx.store.close)
+
+    app = Starlette(
+        routes=api.routes,
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPException: _http_error,
+            BadRequest: _bad_request,
+            StoreError: _store_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.ctx = ctx
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"not found: {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BadRequest)
+    return JSONResponse({"error": str(exc), "parameter": exc.parameter}, status_code=400)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"error": f"store unavailable: {exc}"}, status_code=503)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal server error"}, status_code=500)

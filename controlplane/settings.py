@@ -1,0 +1,145 @@
+"""The control plane's settings: one pydantic model, built once by the CLI and passed down.
+
+Sources, later ones winning: the defaults below, a TOML file (``--config``, flat ``key = value``
+pairs named exactly as the fields), then command-line flags. Unknown keys are errors (a typo must
+not become a silent default). Every field is documented in docs/controlplane.md, and a test checks
+that it stays so.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from controlplane.errors import ConfigError
+from protocol.mqtt import BrokerURL
+from protocol.topics import shared_filter
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseModel):
+    """Everything ``edgefleet serve`` can be told."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker: str = Field(description="MQTT broker URL, mqtt://host:port or mqtts://host:port")
+    listen: str = Field("127.0.0.1:8080", description="HTTP address host:port of the API")
+    data_dir: Path = Field(description="directory of the SQLite store (created if missing)")
+    client_id: str = Field(
+        "edgefleet-controlplane",
+        min_length=1,
+        max_length=64,
+        description="MQTT client id; the broker keeps this id's persistent session",
+    )
+    shared_subscription_group: str | None = Field(
+        None,
+        description="subscribe to results and telemetry as $share/GROUP/... so replicas split them",
+    )
+    offline_after_s: float = Field(
+        60.0, gt=0, description="a device silent for longer than this counts as offline"
+    )
+    results_page_max: int = Field(1000, ge=1, le=100_000, description="largest ?limit= accepted")
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version: auto (v5, falling back to 3.1.1 if refused), 5, 3.1.1"
+    )
+    session_expiry_s: int = Field(
+        3600, ge=0, description="how long the broker keeps our session while we are away"
+    )
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite synchronous mode of the store (FULL: a commit survives power loss)",
+    )
+    log_level: LogLevel = Field("INFO", description="log level of the control plane's loggers")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        BrokerURL.parse(value)  # raises ValueError naming the URL and the expected form
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("shared_subscription_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                shared_filter(value, "x")
+            except ValueError:
+                raise ValueError("a group name must be non-empty without / + #") from None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` split into host and port."""
+        return parse_listen(self.listen)
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file inside ``data_dir``."""
+        return self.data_dir / "controlplane.db"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:8080`` for IPv6) or raise ValueError saying what is expected."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:8080), got {value!r}")
+    return host, int(port)
+
+
+def load_settings(
+    config: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build the settings from a TOML file (optional) with ``overrides`` (the flags) laid over it.
+
+    Overrides whose value is None are ignored (a flag that was not given). Raises
+    :class:`ConfigError` naming every bad key.
+    """
+    data: dict[str, Any] = read_toml(config) if config is not None else {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    source = str(config) if config is not None else "settings"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(root)"
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        return f"unknown setting `{key}`{hint}"
+    if error["type"] == "missing":
+        flag = "--" + key.replace("_", "-")
+        return f"missing setting `{key}`: pass {flag} or set it in the config file"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"invalid `{key}`: {message}"
