@@ -7,7 +7,9 @@ ProtocolError                 (protocol.errors)
  └── MQTTError                a broker connection or delivery failure
       ├── NotConnected        no connection now (a publish never queues silently), or none in time
       ├── PublishTimeout      no PUBACK within the timeout: a failure, never a success
-      └── PublishRefused      the broker answered with a failure reason code (e.g. not authorized)
+      ├── PublishRefused      the broker answered with a failure reason code (e.g. not authorized)
+      └── NoSubscribers       (only when asked for) v5 PUBACK "no matching subscribers": nobody
+                              got the message, so a store-and-forward sender should keep it
 
 **Threads.** Each network connection is a *fresh* paho client run by its own thread
 (``loop_start``); paho's callbacks hand their events to the event loop with
@@ -19,9 +21,12 @@ jitter (:func:`backoff_delay`), so a fleet does not reconnect in lockstep after 
 
 **Versions.** MQTT v5 by default: under 3.1.1 Mosquitto acknowledges a publish that its ACL
 forbids and drops it, while under v5 the PUBACK says "not authorized" and :meth:`publish` raises
-:class:`PublishRefused`. With ``protocol="auto"`` a broker that refuses v5 (amqtt, the embedded
-demo broker, speaks 3.1.1 only) makes the client fall back to 3.1.1 for good, with a warning
-(:func:`should_fall_back`).
+:class:`PublishRefused`. With ``protocol="auto"`` a broker that refuses v5 makes the client fall
+back to 3.1.1 for good, with a warning (:func:`negotiate`). Brokers refuse in more than one way:
+amqtt (the embedded demo broker, 3.1.1 only) answers "unsupported protocol version" to a plain v5
+CONNECT but never answers one that carries properties (a session expiry). Silence, or the
+connection closed twice before any CONNACK, therefore earns 3.1.1 one try, kept only if it
+connects; a broker restarting mid-handshake does not push a client off v5 for good.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ from protocol.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 ProtocolMode = Literal["auto", "5", "3.1.1"]
-CONNACK_TIMEOUT = 10.0
-"""Seconds to wait for the broker's CONNACK after the TCP connection is up."""
+STOP_TIMEOUT = 10.0
+"""Seconds :meth:`MQTTClient.stop` waits for a clean DISCONNECT before it gives up."""
 SUBACK_TIMEOUT = 10.0
 UNSUPPORTED_VERSION = (0x84, 0x01)
 """CONNACK codes for "unsupported protocol version": v5's 0x84, and 3.1.1's 1 (what amqtt sends)."""
@@ -71,6 +76,14 @@ class PublishRefused(MQTTError):
         self.reason_code = reason_code
 
 
+class NoSubscribers(MQTTError):
+    """The broker took the message but no subscription matched it, so nobody will get it.
+
+    Mosquitto without persistence forgets every session when it restarts: until the control
+    plane has subscribed again, a result batch would be acknowledged and lost.
+    """
+
+
 # --- pure decisions ----------------------------------------------------------------------
 
 
@@ -84,28 +97,53 @@ def backoff_delay(attempt: int, minimum: float, maximum: float, rand: float) -> 
     return minimum + rand * max(0.0, ceiling - minimum)
 
 
-def should_fall_back(mode: ProtocolMode, version: str, connack: int | None, hangups: int) -> bool:
-    """Whether to drop from MQTT v5 to 3.1.1 after a connection attempt that got no session.
+Outcome = Literal["session", "unsupported", "refused", "closed", "silent", "unreachable"]
+"""How a connection attempt ended: a session; CONNACK "unsupported protocol version"; another
+refusal; closed before any CONNACK; no CONNACK in time; no TCP connection at all."""
 
-    ``connack`` is the CONNACK reason code, or None when the broker closed the connection before
-    answering; ``hangups`` counts such closes in a row. One close is not enough (a broker that is
-    restarting does that too); two in a row, or an explicit "unsupported protocol version", is.
+
+@dataclass(frozen=True)
+class Negotiation:
+    """Which MQTT version to try next. ``trial``: 3.1.1 on trial, kept only if it connects."""
+
+    version: Literal["5", "3.1.1"]
+    trial: bool = False
+    closes: int = 0  # closes before CONNACK in a row, under v5
+
+
+def negotiate(mode: ProtocolMode, state: Negotiation, outcome: Outcome) -> Negotiation:
+    """The version for the next attempt, given how the last one ended (see the module docstring)."""
+    if mode != "auto" or (state.version == "3.1.1" and not state.trial):
+        return state
+    if state.trial:  # 3.1.1 on trial: keep it if it connected, else v5 was not the problem
+        return Negotiation("3.1.1") if outcome == "session" else Negotiation("5")
+    if outcome == "unsupported":
+        return Negotiation("3.1.1")
+    if outcome == "silent" or (outcome == "closed" and state.closes >= 1):
+        return Negotiation("3.1.1", trial=True)
+    return Negotiation("5", closes=state.closes + 1 if outcome == "closed" else 0)
+
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def puback_error(
+    topic: str, reason_code: int, reason: str, require_subscribers: bool = False
+) -> MQTTError | None:
+    """The error for a PUBACK reason code, or None when the publish succeeded.
+
+    Codes from 0x80 are failures. 0x10, "no matching subscribers", is a success for MQTT, and a
+    failure only for a caller that needs someone to receive the message.
     """
-    if mode != "auto" or version != "5":
-        return False
-    if connack is None:
-        return hangups >= 2
-    return connack in UNSUPPORTED_VERSION
-
-
-def refusal(topic: str, reason_code: int, reason: str) -> PublishRefused | None:
-    """The error for a PUBACK reason code, or None for a success (codes below 0x80)."""
-    if reason_code < 0x80:
-        return None
-    return PublishRefused(
-        f"the broker refused the publish on {topic!r}: {reason} (reason code {reason_code:#04x})",
-        reason_code,
-    )
+    if reason_code >= 0x80:
+        return PublishRefused(
+            f"the broker refused the publish on {topic!r}: {reason} "
+            f"(reason code {reason_code:#04x})",
+            reason_code,
+        )
+    if reason_code == NO_MATCHING_SUBSCRIBERS and require_subscribers:
+        return NoSubscribers(f"no subscriber for {topic!r}: nobody received the message")
+    return None
 
 
 # --- values ------------------------------------------------------------------------------
@@ -228,7 +266,7 @@ class _Connection:
         self.connected = False
         self.connack_reason = ""
         self.thread: threading.Thread | None = None
-        self.publishes: dict[int, tuple[asyncio.Future[None], str]] = {}
+        self.publishes: dict[int, tuple[asyncio.Future[None], str, bool]] = {}
         self.subscribes: dict[int, asyncio.Future[list[int]]] = {}
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
@@ -292,7 +330,7 @@ class _Connection:
             self.connack.set_result(None)
         if not self.closed.done():
             self.closed.set_result(reason)
-        for future, topic in self.publishes.values():
+        for future, topic, _ in self.publishes.values():
             if not future.done():
                 future.set_exception(
                     NotConnected(f"the connection closed ({reason}) before the PUBACK on {topic!r}")
@@ -305,8 +343,8 @@ class _Connection:
         entry = self.publishes.get(mid)
         if entry is None or entry[0].done():
             return  # its publish() timed out or was cancelled
-        future, topic = entry
-        error = refusal(topic, code, reason)
+        future, topic, require_subscribers = entry
+        error = puback_error(topic, code, reason, require_subscribers)
         if error is None:
             future.set_result(None)
         else:
@@ -319,15 +357,6 @@ class _Connection:
 
 
 # --- the client --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Attempt:
-    """How one connection attempt went: CONNECT sent?, the CONNACK code (None: none), a session?"""
-
-    sent: bool
-    connack: int | None
-    session: bool
 
 
 class MQTTClient:
@@ -357,6 +386,7 @@ class MQTTClient:
         max_inflight: int = 100,
         max_queued: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 5.0,
     ) -> None:
         if protocol not in ("auto", "5", "3.1.1"):
             raise ValueError(f"protocol must be 'auto', '5' or '3.1.1', not {protocol!r}")
@@ -368,7 +398,9 @@ class MQTTClient:
         self.client_id = client_id
         self._will = will
         self._mode: ProtocolMode = protocol
-        self._version = "3.1.1" if protocol == "3.1.1" else "5"
+        self._negotiation = Negotiation("3.1.1" if protocol == "3.1.1" else "5")
+        self._version: str = self._negotiation.version
+        self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._clean_start = clean_start
         self._session_expiry = session_expiry
@@ -434,8 +466,13 @@ class MQTTClient:
         qos: int = 1,
         retain: bool = False,
         timeout: float = 10.0,
+        require_subscribers: bool = False,
     ) -> None:
-        """Publish; with QoS 1 return only after the broker's PUBACK (see the module docstring)."""
+        """Publish; with QoS 1 return only after the broker's PUBACK (see the module docstring).
+
+        With ``require_subscribers`` (MQTT v5 only: 3.1.1 cannot tell) a PUBACK saying that no
+        subscription matched raises :class:`NoSubscribers`.
+        """
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         if not topic or "+" in topic or "#" in topic:
@@ -452,7 +489,8 @@ class MQTTClient:
         if qos == 0:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        conn.publishes[info.mid] = (future, topic)  # before any await: the PUBACK is posted later
+        # registered before any await: the PUBACK is posted to the loop, so it comes after this
+        conn.publishes[info.mid] = (future, topic, require_subscribers)
         try:
             await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -482,7 +520,7 @@ class MQTTClient:
             conn.client.disconnect()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), CONNACK_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT)
             except asyncio.TimeoutError:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -492,25 +530,20 @@ class MQTTClient:
 
     async def _supervise(self) -> None:
         failures = 0  # attempts since the last session, for the backoff
-        hangups = 0  # closes before CONNACK in a row, for the v5 fallback
         while not self._stopping:
-            attempt = await self._connect_once()
-            if attempt.session:
-                failures = 0
-            hangups = hangups + 1 if attempt.sent and attempt.connack is None else 0
+            outcome = await self._connect_once()
             if self._stopping:
                 break
-            if attempt.sent and should_fall_back(
-                self._mode, self._version, attempt.connack, hangups
-            ):
-                self._version = "3.1.1"
-                log.warning(
-                    "%s: the broker %s refused MQTT v5; falling back to MQTT 3.1.1 (a publish "
-                    "that the broker's ACL forbids is then dropped without an error)",
-                    self.client_id,
-                    self.url,
-                )
+            if outcome == "session":
+                failures = 0
                 continue
+            before, self._negotiation = (
+                self._negotiation,
+                negotiate(self._mode, self._negotiation, outcome),
+            )
+            if self._negotiation.version != before.version:
+                self._log_version_change(self._negotiation)
+                continue  # try the other version at once
             delay = backoff_delay(failures, *self._reconnect, random.random())
             failures += 1
             self._wakeup.clear()
@@ -519,8 +552,24 @@ class MQTTClient:
             except asyncio.TimeoutError:
                 pass
 
-    async def _connect_once(self) -> _Attempt:
+    def _log_version_change(self, after: Negotiation) -> None:
+        if after.version == "5":
+            log.info("%s: MQTT 3.1.1 did not connect either; back to MQTT v5", self.client_id)
+        elif after.trial:
+            log.info(
+                "%s: no answer to MQTT v5 from %s; trying MQTT 3.1.1", self.client_id, self.url
+            )
+        else:
+            log.warning(
+                "%s: the broker %s does not take MQTT v5; falling back to MQTT 3.1.1 (a publish "
+                "that its ACL forbids is then dropped without an error)",
+                self.client_id,
+                self.url,
+            )
+
+    async def _connect_once(self) -> Outcome:
         """One connection, from the TCP connect to its close."""
+        self._version = self._negotiation.version
         loop = asyncio.get_running_loop()
         conn = _Connection(loop, self._make_paho(), self._deliver, self._manual_ack)
         self._conn = conn
@@ -535,23 +584,28 @@ class MQTTClient:
         except OSError as exc:
             conn.release()
             self._note_failure(f"cannot connect to {self.url}: {exc}")
-            return _Attempt(sent=False, connack=None, session=False)
+            return "unreachable"
         conn.start_thread()
         try:
             try:
-                connack = await asyncio.wait_for(asyncio.shield(conn.connack), CONNACK_TIMEOUT)
+                connack = await asyncio.wait_for(
+                    asyncio.shield(conn.connack), self._connect_timeout
+                )
             except asyncio.TimeoutError:
-                self._note_failure(f"no CONNACK from {self.url} within {CONNACK_TIMEOUT}s")
-                return _Attempt(sent=False, connack=None, session=False)
+                self._note_failure(f"no CONNACK from {self.url} within {self._connect_timeout}s")
+                return "silent"
             if connack == 0:
+                if self._negotiation.trial:  # 3.1.1 connected where v5 got no answer: keep it
+                    self._negotiation = negotiate(self._mode, self._negotiation, "session")
+                    self._log_version_change(self._negotiation)
                 await self._session(conn)
-                return _Attempt(sent=True, connack=0, session=True)
+                return "session"
             if connack is None:
                 self._note_failure(f"{self.url} closed the connection before its CONNACK")
-            else:
-                why = f"{conn.connack_reason} (code {connack:#04x})"
-                self._note_failure(f"{self.url} refused the connection: {why}")
-            return _Attempt(sent=True, connack=connack, session=False)
+                return "closed"
+            why = f"{conn.connack_reason} (code {connack:#04x})"
+            self._note_failure(f"{self.url} refused the connection: {why}")
+            return "unsupported" if connack in UNSUPPORTED_VERSION else "refused"
         finally:
             await self._close(conn)
 
@@ -651,6 +705,7 @@ class MQTTClient:
         paho_log = logging.getLogger(f"{__name__}.paho")
         if paho_log.isEnabledFor(logging.DEBUG):  # else quiet: paho logs a clean stop as an ERROR
             client.enable_logger(paho_log)
+        client.connect_timeout = self._connect_timeout
         client.max_inflight_messages_set(self._max_inflight)
         client.max_queued_messages_set(self._max_queued)
         if self.url.username is not None:
