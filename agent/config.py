@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6 on Jetson)
+    import tomli as tomllib
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -48,12 +53,19 @@ class OutboxConfig(_Section):
 class UplinkConfig(_Section):
     batch_size: int = Field(200, gt=0, le=5000, description="Results per MQTT message.")
     ack_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a PUBACK.")
-    telemetry_interval_s: float = Field(10.0, gt=0, description="Seconds between telemetry messages.")
+    telemetry_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between telemetry messages."
+    )
+    linger_s: float = Field(
+        0.05, ge=0, le=10, description="Seconds a part-filled batch waits for more results."
+    )
 
 
 class AgentSettings(_Section):
     device_id: str = Field(description="This device's id: 1-64 of A-Z a-z 0-9 _ . -")
-    broker: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port")
+    broker: str = Field(
+        "mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port"
+    )
     mqtt_protocol: Literal["auto", "5", "3.1.1"] = Field(
         "auto", description="auto: MQTT v5, falling back to 3.1.1 when the broker refuses v5."
     )
@@ -67,7 +79,9 @@ class AgentSettings(_Section):
     threads: int = Field(1, gt=0, le=64, description="Interpreter threads per model.")
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="Largest request body accepted.")
     max_output_values: int = Field(
-        4096, ge=0, description="Raw outputs up to this many values are kept in full, else digested."
+        4096,
+        ge=0,
+        description="Raw outputs up to this many values are kept in full, else digested.",
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Reported in the birth message.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -119,9 +133,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--config``, ``--model`` and one flag per setting to ``parser``."""
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument(
-        "--model", action="append", type=Path, metavar="PATH",
+        "--model",
+        action="append",
+        type=Path,
+        metavar="PATH",
         help="serve this model (repeatable; replaces [[models]] of the config)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--tag", action="append", metavar="KEY=VALUE", help="a device tag (repeatable)"
     )
@@ -134,9 +151,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             else _SECTIONS[path[0]].model_fields[path[1]]
         )
         parser.add_argument(
-            "--" + dest.replace("_", "-"), dest=dest, default=None, metavar="VALUE",
+            "--" + dest.replace("_", "-"),
+            dest=dest,
+            default=None,
+            metavar="VALUE",
             help=field.description or f"set {'.'.join(path)}",
-        )  # fmt: skip
+        )
 
 
 def load_settings(args: argparse.Namespace) -> AgentSettings:
@@ -180,7 +200,8 @@ def _parse_pairs(items: list[str], flag: str) -> dict[str, str]:
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data: dict[str, Any] = tomllib.load(f)
+            return data
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:

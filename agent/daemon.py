@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def load_models(settings: AgentSettings) -> dict[str, ServedModel]:
-    """Load every configured model; raises ModelLoadError naming the model and each backend tried."""
+    """Load every configured model (ModelLoadError names the model and each backend tried)."""
     models: dict[str, ServedModel] = {}
     for cfg in settings.models:
         served = ServedModel.load(
@@ -108,6 +108,7 @@ class Agent:
             telemetry_interval=settings.uplink.telemetry_interval_s,
             batch_size=settings.uplink.batch_size,
             ack_timeout=settings.uplink.ack_timeout_s,
+            linger=settings.uplink.linger_s,
         )
         self._probe = probe
         self._last_telemetry = time.monotonic()

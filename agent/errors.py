@@ -4,7 +4,7 @@ AgentError
  ├── ConfigError          a configuration file or flag that is wrong (names the key and the fix)
  ├── ModelLoadError       a model file that cannot be loaded by any backend in the priority list
  ├── RuntimeBackendError  a backend that failed while running an inference
- ├── InputError           a request the model cannot take (bad image, wrong shape or dtype): HTTP 400
+ ├── InputError           a request the model cannot take (bad image, shape, dtype): HTTP 400
  ├── UnknownModel         a request for a model the agent does not serve: HTTP 404
  ├── PayloadTooLarge      a request body over the configured limit: HTTP 413
  └── OutboxError          the outbox could not store or read results

@@ -24,7 +24,10 @@ DEFAULT_MAX_OUTPUT_VALUES = 4096
 def dequantize(values: np.ndarray, quant: Quantization | None) -> np.ndarray:
     """Real values of a tensor: ``scale * (q - zero_point)`` for quantised integers, else floats."""
     if quant is not None and values.dtype.kind in "iu":
-        return (values.astype(np.float32) - np.float32(quant.zero_point)) * np.float32(quant.scale)
+        real: np.ndarray = (values.astype(np.float32) - np.float32(quant.zero_point)) * np.float32(
+            quant.scale
+        )
+        return real
     return values.astype(np.float32, copy=False)
 
 

@@ -66,8 +66,14 @@ def device_ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i:0{width}d}" for i in range(count)]
 
 
-async def drive(agent: Agent, model: str, samples: Sequence[Sample], rate: float, tally: Tally,
-                rng: random.Random) -> None:  # fmt: skip
+async def drive(
+    agent: Agent,
+    model: str,
+    samples: Sequence[Sample],
+    rate: float,
+    tally: Tally,
+    rng: random.Random,
+) -> None:
     """Send images at ``rate`` per second on average (exponential gaps, so devices do not march)."""
     await asyncio.sleep(rng.random() / rate)
     while True:
@@ -108,15 +114,25 @@ async def simulate(args: argparse.Namespace) -> Tally:
     for agent in agents:
         (args.data_dir / agent.device_id).mkdir(parents=True, exist_ok=True)
         await agent.start()
-    log.info("simulating %d devices at %.2f inferences/s each against %s", len(agents), args.rate,
-             args.broker)  # fmt: skip
+    log.info(
+        "simulating %d devices at %.2f inferences/s each against %s",
+        len(agents),
+        args.rate,
+        args.broker,
+    )
     print(f"simulating {len(agents)} devices ({ids[0]} .. {ids[-1]}) -> {args.broker}", flush=True)
     tally = Tally()
     rng = random.Random(args.seed)
-    drivers = [
-        asyncio.create_task(drive(a, model, samples, args.rate, tally, random.Random(rng.random())))
-        for a in agents
-    ] if args.rate > 0 else []  # fmt: skip
+    drivers = (
+        [
+            asyncio.create_task(
+                drive(a, model, samples, args.rate, tally, random.Random(rng.random()))
+            )
+            for a in agents
+        ]
+        if args.rate > 0
+        else []
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,7 +140,7 @@ async def simulate(args: argparse.Namespace) -> Tally:
     started = time.monotonic()
     try:
         await asyncio.wait_for(stop.wait(), timeout=args.duration)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         pass
     for task in drivers:
         task.cancel()
@@ -156,8 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="litert,tflite-runtime", help="backend priority")
     p.add_argument("--mqtt-protocol", choices=["auto", "5", "3.1.1"], default="auto")
     p.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds")
-    p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="NORMAL",
-                   help="outbox durability (NORMAL: simulated devices need not survive power loss)")  # fmt: skip
+    p.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        default="NORMAL",
+        help="outbox durability (NORMAL: simulated devices need not survive power loss)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -172,8 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "=" not in tag:
             print(f"edgefleet simulate: error: --tag {tag!r}: expected KEY=VALUE", file=sys.stderr)
             return 2
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         asyncio.run(simulate(args))
     except (AgentError, ProtocolError, OSError, ValueError) as exc:

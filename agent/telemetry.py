@@ -1,9 +1,9 @@
 """What the agent measures about itself, and the telemetry message built from it.
 
-:class:`InferenceStats` is fed by the request path (one call per inference, in the event loop, O(1));
-:func:`build_telemetry` turns an interval's worth of it, the outbox's counters and the host's readings
-into a :class:`protocol.messages.Telemetry`. Percentiles are computed once per interval, never on the
-hot path.
+:class:`InferenceStats` is fed by the request path (one O(1) call per inference, in the event
+loop); :class:`agent.daemon.Agent` turns an interval's worth of it, the outbox's counters and the
+host's readings (:class:`HostProbe`) into a :class:`protocol.messages.Telemetry`. Percentiles are
+computed once per interval, never on the hot path.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from protocol.messages import LatencySummary, Telemetry
+from protocol.messages import LatencySummary
 
 RESERVOIR = 10_000
-"""Latency samples kept per interval; past it a uniform reservoir sample keeps percentiles honest."""
+"""Latency samples kept per interval; past it a uniform reservoir sample keeps them honest."""
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -69,7 +69,7 @@ class InferenceStats:
         self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
     def take_interval(self) -> tuple[int, int, LatencySummary]:
-        """Return (inferences, errors, latency summary) since the last call and start a new interval."""
+        """(inferences, errors, latency summary) since the last call; starts a new interval."""
         summary = summarise(self._samples, self._interval_count)
         taken = (self._interval_count, self._interval_errors, summary)
         self._interval_count = 0
@@ -87,7 +87,7 @@ class HostReading:
 
 
 class HostProbe:
-    """Reads this process's CPU and memory and the hottest thermal sensor, where the platform has them."""
+    """Reads this process's CPU and memory and the hottest thermal sensor, where there is one."""
 
     def __init__(self) -> None:
         self._process = psutil.Process(os.getpid())
@@ -102,7 +102,7 @@ class HostProbe:
 
 
 def hottest_temperature() -> float | None:
-    """The highest current reading of any thermal sensor (Jetson, Pi and x86 all expose them), or None."""
+    """The highest current reading of any thermal sensor (Jetson, Pi, x86 expose them), or None."""
     reader = getattr(psutil, "sensors_temperatures", None)
     if reader is None:
         return None

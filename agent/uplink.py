@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
+IDLE_WAIT_S = 1.0
+"""How long an idle drain loop sleeps between safety checks when no put has woken it."""
 
 
 def make_will(device_id: str) -> Will:
@@ -92,6 +94,7 @@ class Uplink:
         ack_timeout: float = 10.0,
         idle_poll: float = 0.05,
         max_in_flight: int = 4,
+        linger: float = 0.05,
         require_subscribers: bool = True,
     ) -> None:
         for name, value in (("telemetry_interval", telemetry_interval), ("batch_size", batch_size),
@@ -109,6 +112,9 @@ class Uplink:
         self._ack_timeout = ack_timeout
         self._idle_poll = idle_poll
         self._max_in_flight = max_in_flight
+        if linger < 0:
+            raise ValueError(f"linger must not be negative, not {linger}")
+        self._linger = linger
         self._require_subscribers = require_subscribers
         self._probing = False  # nobody subscribed at the last try: send one result at a time
         self._results_topic = device_topic(device_id, Channel.RESULTS)
@@ -221,13 +227,21 @@ class Uplink:
             if self._probing:
                 free = 0 if self._batches else 1
             self._wake.clear()
-            if free > 0:
+            waiting = self._outbox.stats().depth - len(self._in_flight)
+            if free > 0 and waiting > 0:
+                if self._linger and waiting < self._batch_size and not self._probing:
+                    # Let a batch fill: at low load this turns a publish and an outbox commit
+                    # per result into one per batch, which the request path would feel.
+                    await asyncio.sleep(self._linger)
                 rows = await self._peek(1 if self._probing else free * self._batch_size)
                 for start in range(0, len(rows), self._batch_size):
                     self._start_batch(rows[start : start + self._batch_size])
-            # the pipeline is full or the outbox empty: wait for a put or a finished batch
+            # The pipeline is full or the outbox empty: wait for a put or a finished batch. When
+            # nothing waits and nothing is in flight only a put (which wakes us) brings work, so
+            # an idle device does not poll its outbox.
+            idle = waiting <= 0 and not self._batches
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._idle_poll)
+                await asyncio.wait_for(self._wake.wait(), IDLE_WAIT_S if idle else self._idle_poll)
 
     async def _peek(self, limit: int) -> list[OutboxRow]:
         try:

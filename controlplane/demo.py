@@ -54,9 +54,13 @@ class Stack:
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=REPO,
-            )  # fmt: skip
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=REPO,
+            )
         self.procs.append((name, proc))
         return proc
 
@@ -119,8 +123,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        broker_argv = [python, "-m", "controlplane.broker", "--port", str(broker_port),
-                       "--workdir", str(workdir / "broker")]  # fmt: skip
+        broker_argv = [
+            python,
+            "-m",
+            "controlplane.broker",
+            "--port",
+            str(broker_port),
+            "--workdir",
+            str(workdir / "broker"),
+        ]
         if mosquitto is None:
             broker_argv.append("--embedded")
         stack.spawn("broker", broker_argv)
@@ -128,25 +139,71 @@ def run(args: argparse.Namespace) -> int:
         print(f"broker:        {broker_url}  [{kind}]", flush=True)
         wait_for("the broker", lambda: _listening(broker_port), stack, 30)
 
-        stack.spawn("controlplane", [python, "-m", "controlplane", "serve", "--broker", broker_url,
-                                     "--listen", listen, "--data-dir", str(workdir / "controlplane")])  # fmt: skip
-        wait_for("the control plane", lambda: httpx.get(f"{api}/healthz", timeout=2).is_success,
-                 stack, 60)  # fmt: skip
+        stack.spawn(
+            "controlplane",
+            [
+                python,
+                "-m",
+                "controlplane",
+                "serve",
+                "--broker",
+                broker_url,
+                "--listen",
+                listen,
+                "--data-dir",
+                str(workdir / "controlplane"),
+            ],
+        )
+        wait_for(
+            "the control plane",
+            lambda: httpx.get(f"{api}/healthz", timeout=2).is_success,
+            stack,
+            60,
+        )
         print(f"control plane: {api}", flush=True)
 
-        stack.spawn("fleet", [python, "-m", "agent.simulator", "--broker", broker_url,
-                              "--devices", str(args.devices), "--rate", str(args.rate),
-                              "--id-prefix", "demo", "--tag", "site=demo",
-                              "--telemetry-interval", "2", "--data-dir", str(workdir / "fleet")])  # fmt: skip
+        stack.spawn(
+            "fleet",
+            [
+                python,
+                "-m",
+                "agent.simulator",
+                "--broker",
+                broker_url,
+                "--devices",
+                str(args.devices),
+                "--rate",
+                str(args.rate),
+                "--id-prefix",
+                "demo",
+                "--tag",
+                "site=demo",
+                "--telemetry-interval",
+                "2",
+                "--data-dir",
+                str(workdir / "fleet"),
+            ],
+        )
         started = time.monotonic()
-        wait_for(f"{args.devices} devices online",
-                 lambda: online_devices(api, "demo-") >= args.devices, stack, 90)  # fmt: skip
+        wait_for(
+            f"{args.devices} devices online",
+            lambda: online_devices(api, "demo-") >= args.devices,
+            stack,
+            90,
+        )
         wait_for("the first results", lambda: results_stored(api) > 0, stack, 60)
-        print(f"fleet:         {args.devices} simulated devices online after "
-              f"{time.monotonic() - started:.1f}s\n", flush=True)  # fmt: skip
-        for label, path in [("devices", "/api/v1/devices"), ("one device", "/api/v1/devices/demo-000"),
-                            ("results", "/api/v1/results?limit=20"), ("metrics", "/metrics"),
-                            ("health", "/healthz")]:  # fmt: skip
+        print(
+            f"fleet:         {args.devices} simulated devices online after "
+            f"{time.monotonic() - started:.1f}s\n",
+            flush=True,
+        )
+        for label, path in [
+            ("devices", "/api/v1/devices"),
+            ("one device", "/api/v1/devices/demo-000"),
+            ("results", "/api/v1/results?limit=20"),
+            ("metrics", "/metrics"),
+            ("health", "/healthz"),
+        ]:
             print(f"  {label:<11} {api}{path}", flush=True)
         print(f"\nlogs in {workdir}; press Ctrl-C to stop.", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
@@ -154,8 +211,11 @@ def run(args: argparse.Namespace) -> int:
             stack.check()
             stop.wait(5)
             with contextlib.suppress(httpx.HTTPError):
-                print(f"  {online_devices(api, 'demo-')} devices online, "
-                      f"{results_stored(api)} results stored", flush=True)  # fmt: skip
+                print(
+                    f"  {online_devices(api, 'demo-')} devices online, "
+                    f"{results_stored(api)} results stored",
+                    flush=True,
+                )
         return 0
     except RuntimeError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
@@ -176,11 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
     p.add_argument("--rate", type=float, default=2.0, help="inferences per second per device")
-    p.add_argument("--listen", default="127.0.0.1:8080",
-                   help="control plane address (another port is taken if it is busy)")  # fmt: skip
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        help="control plane address (another port is taken if it is busy)",
+    )
     p.add_argument("--broker-port", type=int, default=0, help="broker port (default: a free one)")
-    p.add_argument("--embedded-broker", action="store_true",
-                   help="use the embedded Python broker even when mosquitto is installed")  # fmt: skip
+    p.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="use the embedded Python broker even when mosquitto is installed",
+    )
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--workdir", type=Path, default=REPO / ".demo", help="data and logs")
     p.add_argument("--keep", action="store_true", help="keep the data of the last run")

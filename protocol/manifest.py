@@ -84,7 +84,9 @@ class ClassificationPostprocess(_Doc):
 
     type: Literal["classification"] = "classification"
     top_k: int = Field(5, gt=0)
-    softmax: bool = Field(False, description="Apply softmax to the output (the model gives logits).")
+    softmax: bool = Field(
+        False, description="Apply softmax to the output (the model gives logits)."
+    )
     output: str | None = None
 
 

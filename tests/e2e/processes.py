@@ -85,14 +85,26 @@ class ControlPlane(Process):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             "controlplane",
-            [sys.executable, "-m", "controlplane", "serve", "--broker", broker_url,
-             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(workdir / "cp")],
+            [
+                sys.executable,
+                "-m",
+                "controlplane",
+                "serve",
+                "--broker",
+                broker_url,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(workdir / "cp"),
+            ],
             workdir,
-        )  # fmt: skip
+        )
 
     def start(self) -> None:
         super().start()
-        wait_until("control plane health", lambda: self.get("/healthz").status_code == 200, 60, self)
+        wait_until(
+            "control plane health", lambda: self.get("/healthz").status_code == 200, 60, self
+        )
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return httpx.get(self.url + path, params=params, timeout=10)
@@ -127,11 +139,26 @@ class AgentProcess(Process):
         self.data_dir = workdir / device_id
         super().__init__(
             f"agent-{device_id}",
-            [sys.executable, "-m", "agent", "--device-id", device_id, "--broker", broker_url,
-             "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
-             "--model", str(EDGE_MODEL), "--uplink-telemetry-interval-s", "1", *extra],
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--device-id",
+                device_id,
+                "--broker",
+                broker_url,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+                "--model",
+                str(EDGE_MODEL),
+                "--uplink-telemetry-interval-s",
+                "1",
+                *extra,
+            ],
             workdir,
-        )  # fmt: skip
+        )
 
     def start(self) -> None:
         super().start()

@@ -30,14 +30,24 @@ def _bad_requests(input_name: str) -> list[tuple[str, str, bytes, dict[str, str]
         ("not an image", f"/v1/models/{MODEL}/image", b"plain text", {}, 400),
         ("unknown model", "/v1/models/nope/image", digit_pngs(1)[0][0], {}, 404),
         ("malformed json", f"/v2/models/{MODEL}/infer", b"{not json", json_ct, 400),
-        ("wrong shape", f"/v2/models/{MODEL}/infer", tensor(shape=[1, 8, 8], data=[0.0] * 64),
-         json_ct, 400),
-        ("wrong dtype", f"/v2/models/{MODEL}/infer", tensor(datatype="INT64", data=[0] * 64),
-         json_ct, 400),
+        (
+            "wrong shape",
+            f"/v2/models/{MODEL}/infer",
+            tensor(shape=[1, 8, 8], data=[0.0] * 64),
+            json_ct,
+            400,
+        ),
+        (
+            "wrong dtype",
+            f"/v2/models/{MODEL}/infer",
+            tensor(datatype="INT64", data=[0] * 64),
+            json_ct,
+            400,
+        ),
         ("data/shape mismatch", f"/v2/models/{MODEL}/infer", tensor(data=[0.0] * 10), json_ct, 400),
         ("unknown model infer", "/v2/models/nope/infer", tensor(), json_ct, 404),
         ("too large", f"/v1/models/{MODEL}/image", b"\0" * (2 * 2**20), {}, 413),
-    ]  # fmt: skip
+    ]
 
 
 def test_bad_input_gets_4xx_and_the_agent_keeps_serving(

@@ -23,9 +23,12 @@ from protocol.messages import (
 
 def _result(**kw: object) -> InferenceResult:
     base: dict[str, object] = dict(
-        model="digits-edge", model_version="1.0.0", artifact_sha256="ab" * 32,
-        backend="litert", latency_ms=0.4,
-    )  # fmt: skip
+        model="digits-edge",
+        model_version="1.0.0",
+        artifact_sha256="ab" * 32,
+        backend="litert",
+        latency_ms=0.4,
+    )
     base.update(kw)
     return InferenceResult.model_validate(base)
 
@@ -35,8 +38,13 @@ def test_result_batch_round_trips_with_ids_and_version() -> None:
         device_id="d1",
         results=[
             _result(classes=[ClassScore(index=3, label="3", score=0.9)]),
-            _result(outputs=[TensorDigest(name="o", shape=[1, 1000], datatype="FP32",
-                                          sha256="0" * 64, size_bytes=4000)]),  # fmt: skip
+            _result(
+                outputs=[
+                    TensorDigest(
+                        name="o", shape=[1, 1000], datatype="FP32", sha256="0" * 64, size_bytes=4000
+                    )
+                ]
+            ),
         ],
     )
     back = decode(ResultBatch, encode(batch))

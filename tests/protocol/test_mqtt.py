@@ -353,7 +353,7 @@ async def test_will_is_published_when_the_client_dies(broker_url: str, unique: s
     topic = f"t/{unique}/status"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", WILL_CHILD, broker_url, topic, cwd=ROOT, stdout=subprocess.PIPE
-    )  # fmt: skip
+    )
     try:
         assert child.stdout is not None
         assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
