@@ -1,15 +1,9 @@
 """The one module that talks to an MQTT broker: an asyncio client over paho-mqtt's network thread.
 
 The agent and the control plane both use :class:`MQTTClient`; nothing else imports paho, and no
-paho type or error crosses this boundary. Errors:
-
-ProtocolError                 (protocol.errors)
- └── MQTTError                a broker connection or delivery failure
-      ├── NotConnected        no connection now (a publish never queues silently), or none in time
-      ├── PublishTimeout      no PUBACK within the timeout: a failure, never a success
-      ├── PublishRefused      the broker answered with a failure reason code (e.g. not authorized)
-      └── NoSubscribers       (only when asked for) v5 PUBACK "no matching subscribers": nobody
-                              got the message, so a store-and-forward sender should keep it
+paho type or error crosses this boundary: failures are the ``MQTTError`` tree of
+:mod:`protocol.errors`. The decisions it makes (backoff, version negotiation, PUBACK codes) are pure
+functions in :mod:`protocol.mqtt_policy`.
 
 **Threads.** Each network connection is a *fresh* paho client run by its own thread
 (``loop_start``); paho's callbacks hand their events to the event loop with
@@ -38,171 +32,52 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from protocol.errors import ProtocolError
+from protocol.errors import (
+    MQTTError,
+    NoSubscribers,
+    NotConnected,
+    PublishRefused,
+    PublishTimeout,
+)
+from protocol.mqtt_policy import (
+    BrokerURL,
+    Negotiation,
+    Outcome,
+    ProtocolMode,
+    Will,
+    backoff_delay,
+    negotiate,
+    puback_error,
+)
+
+__all__ = [
+    "BrokerURL",
+    "Message",
+    "MQTTClient",
+    "MQTTError",
+    "NoSubscribers",
+    "NotConnected",
+    "PublishRefused",
+    "PublishTimeout",
+    "ProtocolMode",
+    "Will",
+    "backoff_delay",
+]
 
 log = logging.getLogger(__name__)
 
-ProtocolMode = Literal["auto", "5", "3.1.1"]
 STOP_TIMEOUT = 10.0
 """Seconds :meth:`MQTTClient.stop` waits for a clean DISCONNECT before it gives up."""
 SUBACK_TIMEOUT = 10.0
 UNSUPPORTED_VERSION = (0x84, 0x01)
 """CONNACK codes for "unsupported protocol version": v5's 0x84, and 3.1.1's 1 (what amqtt sends)."""
-
-
-class MQTTError(ProtocolError):
-    """Base class of the broker connection and delivery failures."""
-
-
-class NotConnected(MQTTError):
-    pass
-
-
-class PublishTimeout(MQTTError):
-    pass
-
-
-class PublishRefused(MQTTError):
-    def __init__(self, message: str, reason_code: int) -> None:
-        super().__init__(message)
-        self.reason_code = reason_code
-
-
-class NoSubscribers(MQTTError):
-    """The broker took the message but no subscription matched it, so nobody will get it.
-
-    Mosquitto without persistence forgets every session when it restarts: until the control
-    plane has subscribed again, a result batch would be acknowledged and lost.
-    """
-
-
-# --- pure decisions ----------------------------------------------------------------------
-
-
-def backoff_delay(attempt: int, minimum: float, maximum: float, rand: float) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (0 = the first retry).
-
-    Full jitter between ``minimum`` and a ceiling that doubles each attempt, capped at
-    ``maximum``: ``rand`` (uniform in [0, 1)) picks the point, so the caller owns the randomness.
-    """
-    ceiling = min(maximum, minimum * 2.0 ** min(attempt + 1, 64))
-    return minimum + rand * max(0.0, ceiling - minimum)
-
-
-Outcome = Literal["session", "unsupported", "refused", "closed", "silent", "unreachable"]
-"""How a connection attempt ended: a session; CONNACK "unsupported protocol version"; another
-refusal; closed before any CONNACK; no CONNACK in time; no TCP connection at all."""
-
-
-@dataclass(frozen=True)
-class Negotiation:
-    """Which MQTT version to try next. ``trial``: 3.1.1 on trial, kept only if it connects."""
-
-    version: Literal["5", "3.1.1"]
-    trial: bool = False
-    closes: int = 0  # closes before CONNACK in a row, under v5
-
-
-def negotiate(mode: ProtocolMode, state: Negotiation, outcome: Outcome) -> Negotiation:
-    """The version for the next attempt, given how the last one ended (see the module docstring)."""
-    if mode != "auto" or (state.version == "3.1.1" and not state.trial):
-        return state
-    if state.trial:  # 3.1.1 on trial: keep it if it connected, else v5 was not the problem
-        return Negotiation("3.1.1") if outcome == "session" else Negotiation("5")
-    if outcome == "unsupported":
-        return Negotiation("3.1.1")
-    if outcome == "silent" or (outcome == "closed" and state.closes >= 1):
-        return Negotiation("3.1.1", trial=True)
-    return Negotiation("5", closes=state.closes + 1 if outcome == "closed" else 0)
-
-
-NO_MATCHING_SUBSCRIBERS = 0x10
-
-
-def puback_error(
-    topic: str, reason_code: int, reason: str, require_subscribers: bool = False
-) -> MQTTError | None:
-    """The error for a PUBACK reason code, or None when the publish succeeded.
-
-    Codes from 0x80 are failures. 0x10, "no matching subscribers", is a success for MQTT, and a
-    failure only for a caller that needs someone to receive the message.
-    """
-    if reason_code >= 0x80:
-        return PublishRefused(
-            f"the broker refused the publish on {topic!r}: {reason} "
-            f"(reason code {reason_code:#04x})",
-            reason_code,
-        )
-    if reason_code == NO_MATCHING_SUBSCRIBERS and require_subscribers:
-        return NoSubscribers(f"no subscriber for {topic!r}: nobody received the message")
-    return None
-
-
-# --- values ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BrokerURL:
-    """Where the broker is: ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerURL:
-        expected = "expected mqtt://host:port or mqtts://host:port"
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"invalid broker URL {_redact(url)!r}: {exc}; {expected}") from None
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"invalid broker URL {_redact(url)!r}: {expected}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"invalid broker URL {_redact(url)!r}: no path or query; {expected}")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=port or (8883 if tls else 1883),
-            tls=tls,
-            username=parts.username or None,
-            password=parts.password,
-        )
-
-    def __str__(self) -> str:
-        """The URL without its password, for logs."""
-        user = f"{self.username}@" if self.username else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostpart}"
-
-
-@dataclass(frozen=True)
-class Will:
-    """The message the broker publishes for a client that vanishes without a DISCONNECT."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
 
 
 class _Acker:
