@@ -26,8 +26,6 @@ from protocol.errors import ProtocolError
 
 log = logging.getLogger("edgefleet.agent")
 
-SWITCH_INTERVAL_S = 0.0005
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -91,10 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The event loop and the inference worker threads share the GIL. After invoke() returns, the
-    # worker must get the GIL back from a busy loop; at CPython's default 5 ms switch interval that
-    # wait costs more than the inference itself (measured in bench/bench_agent.py).
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         asyncio.run(serve(settings))
     except (AgentError, ProtocolError, ValueError) as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -45,17 +46,31 @@ def mosquitto_config(
     host: str = "127.0.0.1",
     max_queued_messages: int = 100_000,
     max_inflight_messages: int = 100,
+    persistence_dir: Path | None = None,
 ) -> str:
-    """A Mosquitto 2.0 config for the demo.
+    """A Mosquitto 2.0 config for the demo and the tests.
 
     ``max_queued_messages`` is large because Mosquitto silently drops QoS 1 messages for a
-    subscriber that falls further behind than that (the default, 1000, loses a burst).
+    subscriber that falls further behind than that (the default, 1000, loses a burst). With
+    ``persistence_dir`` the broker keeps sessions across its own restarts, as a production broker
+    must: otherwise a restarted broker forgets the control plane's subscription. Mosquitto then
+    runs as the current user (started as root it would switch to ``mosquitto``, which may not
+    write ``persistence_dir``).
     """
+    persistence = (
+        [
+            "persistence true",
+            f"persistence_location {persistence_dir}/",
+            f"user {getpass.getuser()}",
+        ]
+        if persistence_dir is not None
+        else ["persistence false"]
+    )
     return "\n".join(
         [
             f"listener {port} {host}",
             "allow_anonymous true",
-            "persistence false",
+            *persistence,
             f"max_queued_messages {max_queued_messages}",
             f"max_inflight_messages {max_inflight_messages}",
             "log_dest stderr",
@@ -153,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--port must be between 1 and 65535, not {args.port}")
     binary = None if args.embedded else find_mosquitto()
     if binary is not None:
-        config = write_mosquitto_config(args.workdir, args.port, host=args.host)
+        config = write_mosquitto_config(
+            args.workdir, args.port, host=args.host, persistence_dir=args.workdir.resolve()
+        )
         sys.stdout.flush()
         os.execv(binary, [binary, "-c", str(config)])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")

@@ -6,29 +6,15 @@ The broker can be stopped and started again on the same port (outage tests).
 
 from __future__ import annotations
 
-import getpass
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+from controlplane.broker import find_mosquitto, mosquitto_config
+from controlplane.demo import free_port
 
-
-def find_mosquitto() -> str | None:
-    for name in CANDIDATES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["Mosquitto", "free_port"]
 
 
 class Mosquitto:
@@ -44,26 +30,7 @@ class Mosquitto:
         self.config = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         self.config.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    # Persistent sessions survive a broker restart, as in production: without
-                    # them a restarted broker forgets the control plane's subscription and drops
-                    # what devices publish before it resubscribes.
-                    "persistence true",
-                    f"persistence_location {workdir}/",
-                    # Started as root, mosquitto would switch to the `mosquitto` user, which cannot
-                    # write the test's 0700 temporary directory.
-                    f"user {getpass.getuser()}",
-                    f"max_queued_messages {max_queued}",
-                    "max_inflight_messages 100",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "",
-                ]
-            )
+            mosquitto_config(self.port, max_queued_messages=max_queued, persistence_dir=workdir)
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
