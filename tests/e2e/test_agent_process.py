@@ -4,12 +4,13 @@ library falls back to the CPU and says so in the birth message and in telemetry.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.processes import AgentProcess, ControlPlane, digit_pngs, wait_until
+from tests.e2e.processes import ROOT, AgentProcess, ControlPlane, digit_pngs, wait_until
 
 pytestmark = [pytest.mark.e2e]
 
@@ -97,3 +98,24 @@ def test_missing_edgetpu_library_falls_back_to_cpu_and_says_so(
     finally:
         agent.stop()
         cp.stop()
+
+
+def test_serves_any_tflite_file_without_a_manifest(
+    broker_url: str, tmp_path: Path, unique: str
+) -> None:
+    model = tmp_path / "my_detector.tflite"
+    shutil.copy(ROOT / "models" / "bench" / "convnet224.tflite", model)  # no .json beside it
+    agent = AgentProcess(broker_url, f"raw-{unique}", tmp_path, "--model", str(model))
+    agent.start()
+    try:
+        meta = httpx.get(f"{agent.url}/v2/models/my_detector", timeout=10).json()
+        assert meta["name"] == "my_detector"
+        (spec,) = meta["inputs"]
+        assert spec["shape"] == [1, 224, 224, 3] and spec["datatype"] == "INT8"
+        body = {"inputs": [{**spec, "data": [1] * (224 * 224 * 3)}]}
+        r = httpx.post(f"{agent.url}/v2/models/my_detector/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        (out,) = r.json()["outputs"]
+        assert out["shape"] == [1, 1000] and len(out["data"]) == 1000
+    finally:
+        agent.stop()
