@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from protocol.errors import NoSubscribers, PublishRefused
-from protocol.mqtt_policy import BrokerURL, Negotiation, backoff_delay, negotiate, puback_error
+from protocol.mqtt.policy import BrokerURL, Negotiation, backoff_delay, negotiate, puback_error
 
 # --- ----------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
-"""The one module that talks to an MQTT broker: an asyncio client over paho-mqtt's network thread.
+"""The MQTT client: an asyncio client over paho-mqtt's network thread that reconnects forever.
 
 The agent and the control plane both use :class:`MQTTClient`; nothing else imports paho, and no
 paho type or error crosses this boundary: failures are the ``MQTTError`` tree of
 :mod:`protocol.errors`. The decisions it makes (backoff, version negotiation, PUBACK codes) are pure
-functions in :mod:`protocol.mqtt_policy`.
+functions in :mod:`protocol.mqtt.policy`.
 
 **Threads.** Each network connection is a *fresh* paho client run by its own thread
 (``loop_start``); paho's callbacks hand their events to the event loop with
@@ -29,9 +29,7 @@ import asyncio
 import logging
 import random
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -41,12 +39,11 @@ from paho.mqtt.properties import Properties
 
 from protocol.errors import (
     MQTTError,
-    NoSubscribers,
     NotConnected,
-    PublishRefused,
     PublishTimeout,
 )
-from protocol.mqtt_policy import (
+from protocol.mqtt.connection import Connection, Message
+from protocol.mqtt.policy import (
     BrokerURL,
     Negotiation,
     Outcome,
@@ -54,22 +51,7 @@ from protocol.mqtt_policy import (
     Will,
     backoff_delay,
     negotiate,
-    puback_error,
 )
-
-__all__ = [
-    "BrokerURL",
-    "Message",
-    "MQTTClient",
-    "MQTTError",
-    "NoSubscribers",
-    "NotConnected",
-    "PublishRefused",
-    "PublishTimeout",
-    "ProtocolMode",
-    "Will",
-    "backoff_delay",
-]
 
 log = logging.getLogger(__name__)
 
@@ -78,157 +60,6 @@ STOP_TIMEOUT = 10.0
 SUBACK_TIMEOUT = 10.0
 UNSUPPORTED_VERSION = (0x84, 0x01)
 """CONNACK codes for "unsupported protocol version": v5's 0x84, and 3.1.1's 1 (what amqtt sends)."""
-
-
-class _Acker:
-    """Send one PUBACK for one received message, once, from any thread."""
-
-    def __init__(self, client: paho.Client, mid: int, qos: int) -> None:
-        self._client, self._mid, self._qos = client, mid, qos
-        self._lock = threading.Lock()
-        self._done = False
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        self._client.ack(self._mid, self._qos)
-
-
-@dataclass
-class Message:
-    """A message received on a subscription."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    _acker: _Acker | None = field(default=None, repr=False, compare=False)
-
-    def ack(self) -> None:
-        """With ``manual_ack`` clients, send the PUBACK now (else a no-op); thread-safe, idempotent.
-
-        An unacknowledged QoS 1 message is redelivered by the broker when the session resumes.
-        """
-        if self._acker is not None:
-            self._acker()
-
-
-# --- one connection ----------------------------------------------------------------------
-
-
-class _Connection:
-    """One paho client and its thread, for one network connection; never reused.
-
-    The ``_paho_*`` methods run on paho's thread and only post to the loop; the ``_on_*``
-    methods run in the loop.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        client: paho.Client,
-        deliver: Callable[[Message], None],
-        manual_ack: bool,
-    ) -> None:
-        self.loop = loop
-        self.client = client
-        self.deliver = deliver
-        self.manual_ack = manual_ack
-        self.connack: asyncio.Future[int | None] = loop.create_future()
-        self.closed: asyncio.Future[str] = loop.create_future()
-        self.connected = False
-        self.connack_reason = ""
-        self.thread: threading.Thread | None = None
-        self.publishes: dict[int, tuple[asyncio.Future[None], str, bool]] = {}
-        self.subscribes: dict[int, asyncio.Future[list[int]]] = {}
-        client.on_connect = self._paho_connect
-        client.on_disconnect = self._paho_disconnect
-        client.on_publish = self._paho_publish
-        client.on_subscribe = self._paho_subscribe
-        client.on_message = self._paho_message
-
-    def start_thread(self) -> None:
-        self.client.loop_start()
-        self.thread = self.client._thread  # paho clears its own reference as the thread ends
-
-    def release(self) -> None:
-        """Close paho's sockets now, once its thread is gone.
-
-        paho closes them only in ``__del__``, which runs in no set order when the client sits in
-        a reference cycle (its callbacks are our bound methods): Python then warns of unclosed
-        sockets.
-        """
-        if self.thread is None or not self.thread.is_alive():
-            self.client._reset_sockets()
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is closed: nobody waits for this event any more
-            pass
-
-    def _paho_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self._post(self._on_connack, int(reason.value), str(reason))
-
-    def _paho_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self._post(self._on_closed, str(reason))
-
-    def _paho_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        self._post(self._on_puback, mid, int(reason.value), str(reason))
-
-    def _paho_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[Any], _p: Any) -> None:
-        self._post(self._on_suback, mid, [int(r.value) for r in reasons])
-
-    def _paho_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        acker = _Acker(client, msg.mid, msg.qos) if self.manual_ack and msg.qos > 0 else None
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            log.warning("dropped a message whose topic is not UTF-8: %r", msg._topic)
-            if acker is not None:
-                acker()
-            return
-        message = Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), acker)
-        self._post(self.deliver, message)
-
-    def _on_connack(self, code: int, reason: str) -> None:
-        self.connected = code == 0
-        self.connack_reason = reason
-        if not self.connack.done():
-            self.connack.set_result(code)
-
-    def _on_closed(self, reason: str) -> None:
-        self.connected = False
-        if not self.connack.done():
-            self.connack.set_result(None)
-        if not self.closed.done():
-            self.closed.set_result(reason)
-        for future, topic, _ in self.publishes.values():
-            if not future.done():
-                future.set_exception(
-                    NotConnected(f"the connection closed ({reason}) before the PUBACK on {topic!r}")
-                )
-        for sub in self.subscribes.values():
-            if not sub.done():
-                sub.set_exception(NotConnected(f"the connection closed ({reason}) before SUBACK"))
-
-    def _on_puback(self, mid: int, code: int, reason: str) -> None:
-        entry = self.publishes.get(mid)
-        if entry is None or entry[0].done():
-            return  # its publish() timed out or was cancelled
-        future, topic, require_subscribers = entry
-        error = puback_error(topic, code, reason, require_subscribers)
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-
-    def _on_suback(self, mid: int, codes: list[int]) -> None:
-        future = self.subscribes.get(mid)
-        if future is not None and not future.done():
-            future.set_result(codes)
 
 
 # --- the client --------------------------------------------------------------------------
@@ -287,7 +118,7 @@ class MQTTClient:
         self._max_queued = max_queued
         self._ssl_context = ssl_context
         self._subscriptions: dict[str, int] = {}
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         self._ready = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -446,7 +277,7 @@ class MQTTClient:
         """One connection, from the TCP connect to its close."""
         self._version = self._negotiation.version
         loop = asyncio.get_running_loop()
-        conn = _Connection(loop, self._make_paho(), self._deliver, self._manual_ack)
+        conn = Connection(loop, self._make_paho(), self._deliver, self._manual_ack)
         self._conn = conn
         try:
             await asyncio.to_thread(
@@ -484,7 +315,7 @@ class MQTTClient:
         finally:
             await self._close(conn)
 
-    async def _session(self, conn: _Connection) -> None:
+    async def _session(self, conn: Connection) -> None:
         """A connection with a session: renew subscriptions, run on_connect, wait for the end."""
         log.info("%s: connected to %s (MQTT %s)", self.client_id, self.url, self._version)
         self._last_error = None
@@ -504,7 +335,7 @@ class MQTTClient:
         if not self._stopping:
             log.warning("%s: lost the connection to %s: %s", self.client_id, self.url, reason)
 
-    async def _close(self, conn: _Connection) -> None:
+    async def _close(self, conn: Connection) -> None:
         self._ready.clear()
         if self._on_connect_task is not None:
             self._on_connect_task.cancel()
@@ -528,7 +359,7 @@ class MQTTClient:
         except Exception:
             log.exception("%s: on_connect failed", self.client_id)
 
-    async def _send_subscribe(self, conn: _Connection, filters: dict[str, int]) -> None:
+    async def _send_subscribe(self, conn: Connection, filters: dict[str, int]) -> None:
         try:
             rc, mid = conn.client.subscribe(list(filters.items()))
         except ValueError as exc:
