@@ -38,6 +38,7 @@ import psutil
 from ai_edge_litert.interpreter import Interpreter
 
 from controlplane.broker import find_mosquitto, start_mosquitto
+from controlplane.cli import serve_argv
 from controlplane.demo import free_port
 from protocol.manifest import ModelManifest
 
@@ -144,20 +145,9 @@ def main() -> int:
         broker_url = f"mqtt://127.0.0.1:{broker_port}"
         cp_port = free_port()
         controlplane = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "serve",
-                "--broker",
-                broker_url,
-                "--listen",
-                f"127.0.0.1:{cp_port}",
-                "--data-dir",
-                str(Path(tmp) / "cp"),
-                "--log-level",
-                "WARNING",
-            ],
+            serve_argv(
+                broker_url, f"127.0.0.1:{cp_port}", Path(tmp) / "cp", "--log-level", "WARNING"
+            ),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
         )

@@ -30,6 +30,7 @@ from agent.outbox import Outbox
 from agent.uplink import Uplink, batch_payload, make_will
 from bench.bench_outbox import make_rows
 from controlplane.broker import start_mosquitto
+from controlplane.cli import serve_argv
 from controlplane.demo import free_port
 from protocol.messages import Status, Telemetry
 from protocol.mqtt import Message, MQTTClient
@@ -141,20 +142,7 @@ async def run(args: argparse.Namespace) -> None:
         http_port = free_port()
         api = f"http://127.0.0.1:{http_port}"
         cp = subprocess.Popen(  # noqa: ASYNC220 (started once, before timing)
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "serve",
-                "--broker",
-                url,
-                "--listen",
-                f"127.0.0.1:{http_port}",
-                "--data-dir",
-                str(workdir / "cp"),
-                "--log-level",
-                "WARNING",
-            ],
+            serve_argv(url, f"127.0.0.1:{http_port}", workdir / "cp", "--log-level", "WARNING"),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
         )

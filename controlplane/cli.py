@@ -45,9 +45,12 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file of settings (flags win over it)")
     for name, field in Settings.model_fields.items():
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="VALUE",
             help=field.description,
-        )  # fmt: skip
+        )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -149,6 +152,23 @@ COMMANDS: dict[str, Command] = {
 
 
 # -- entry point -----------------------------------------------------------------------------------
+
+
+def serve_argv(broker: str, listen: str, data_dir: Path | str, *extra: str) -> list[str]:
+    """The command line of ``edgefleet serve`` under this interpreter (demo, tests, benchmarks)."""
+    return [
+        sys.executable,
+        "-m",
+        "controlplane",
+        "serve",
+        "--broker",
+        broker,
+        "--listen",
+        listen,
+        "--data-dir",
+        str(data_dir),
+        *extra,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

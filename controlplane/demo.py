@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from controlplane.broker import find_mosquitto
+from controlplane.cli import serve_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,21 +140,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"broker:        {broker_url}  [{kind}]", flush=True)
         wait_for("the broker", lambda: _listening(broker_port), stack, 30)
 
-        stack.spawn(
-            "controlplane",
-            [
-                python,
-                "-m",
-                "controlplane",
-                "serve",
-                "--broker",
-                broker_url,
-                "--listen",
-                listen,
-                "--data-dir",
-                str(workdir / "controlplane"),
-            ],
-        )
+        stack.spawn("controlplane", serve_argv(broker_url, listen, workdir / "controlplane"))
         wait_for(
             "the control plane",
             lambda: httpx.get(f"{api}/healthz", timeout=2).is_success,

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from controlplane.cli import serve_argv
 from tests.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,18 +86,7 @@ class ControlPlane(Process):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             "controlplane",
-            [
-                sys.executable,
-                "-m",
-                "controlplane",
-                "serve",
-                "--broker",
-                broker_url,
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--data-dir",
-                str(workdir / "cp"),
-            ],
+            serve_argv(broker_url, f"127.0.0.1:{self.port}", workdir / "cp"),
             workdir,
         )
 
