@@ -255,10 +255,15 @@ async def test_a_refused_publish_deletes_nothing(tmp_path: Path, unique: str) ->
 
 
 async def test_results_wait_while_nobody_subscribes(
-    broker_url: str, unique: str, tmp_path: Path
+    private_broker: Mosquitto, unique: str, tmp_path: Path
 ) -> None:
-    """A v5 PUBACK "no matching subscribers" keeps the rows: nobody would have got them."""
+    """A v5 PUBACK "no matching subscribers" keeps the rows: nobody would have got them.
+
+    A broker of its own: on the shared one, a control plane of an earlier test leaves a persistent
+    session subscribed to every device's results, so there always is a subscriber.
+    """
     device_id = f"dev-{unique}"
+    broker_url = private_broker.url
     async with device(broker_url, device_id, tmp_path) as dev:
         ids = await put_results(dev.outbox, 50)
         dev.uplink.wake()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,15 @@ class ControlPlane(Process):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             "controlplane",
-            serve_argv(broker_url, f"127.0.0.1:{self.port}", workdir / "cp"),
+            # A client id of its own: a control plane of an earlier test leaves a persistent session
+            # on the shared broker, and resuming it would replay that test's messages here.
+            serve_argv(
+                broker_url,
+                f"127.0.0.1:{self.port}",
+                workdir / "cp",
+                "--client-id",
+                f"cp-{uuid.uuid4().hex[:8]}",
+            ),
             workdir,
         )
 
