@@ -27,16 +27,6 @@ def settings(tmp_path: Path, **change: Any) -> Settings:
     return Settings(broker="mqtt://127.0.0.1:1", data_dir=tmp_path, **change)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "cp.db")
-    s.open()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def client_for(app: Starlette) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://cp")

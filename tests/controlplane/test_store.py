@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,6 @@ from controlplane.store import (
 )
 from protocol.messages import InferenceResult
 from tests.controlplane import messages as m
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "cp.db")
-    s.open()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def arrive(message: m.Status | m.Telemetry | m.ResultBatch, at: float | None = None) -> Incoming:
