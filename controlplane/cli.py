@@ -141,6 +141,35 @@ def simulate(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+# -- fleet command groups ----------------------------------------------------------------------
+
+
+def _group(configure: Callable[[argparse.ArgumentParser], None]) -> Callable[..., None]:
+    """Wrap a group's ``configure`` so that a missing ACTION prints the group's help."""
+
+    def setup(parser: argparse.ArgumentParser) -> None:
+        configure(parser)
+        parser.set_defaults(handler=None, group_parser=parser)
+
+    return setup
+
+
+def run_group(args: argparse.Namespace) -> int:
+    if getattr(args, "handler", None) is None:
+        args.group_parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    code: int = args.handler(args)
+    return code
+
+
+def _fleet_groups() -> dict[str, Command]:
+    from controlplane.fleet import devices
+
+    return {
+        "devices": Command("list, show and tag devices", run_group, _group(devices.configure)),
+    }
+
+
 COMMANDS: dict[str, Command] = {
     "serve": Command("run the control plane (MQTT ingestion, store, API)", serve, _configure_serve),
     "simulate": Command(
@@ -148,6 +177,7 @@ COMMANDS: dict[str, Command] = {
         simulate,
         passthrough=True,
     ),
+    **_fleet_groups(),
 }
 
 

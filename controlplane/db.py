@@ -35,9 +35,11 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from controlplane import records
-from controlplane.errors import StoreClosed, StoreError
+from controlplane.errors import ControlPlaneError, StoreClosed, StoreError
 from controlplane.metrics import Metrics
 from controlplane.records import Incoming
+from controlplane.registry.schema import v2_registry
+from controlplane.rollouts.schema import v3_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def _v1_tables(db: Database) -> None:
     db.table("results").create_index(["created_at"])
 
 
-MIGRATIONS: list[Migration] = [_v1_tables]
+MIGRATIONS: list[Migration] = [_v1_tables, v2_registry, v3_rollouts]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -142,10 +144,14 @@ def connect_reader(path: Path) -> sqlite3.Connection:
         raise StoreError(f"cannot open the store {path} for reading: {exc}") from None
 
 
+Work = Callable[[sqlite3.Connection], None]
+
+
 @dataclass(eq=False, slots=True)
 class _Item:
     incoming: Incoming | None  # None: a barrier (flush) that only waits for what precedes it
     done: Done | None
+    work: Work | None = None  # a transaction of its own (registry, rollouts): see run_work
 
 
 _STOP = _Item(None, None)
@@ -224,6 +230,14 @@ class Writer:
                 raise StoreClosed("the store is closed")
             self._queue.put(_Item(incoming, done))
 
+    def submit_work(self, work: Work) -> None:
+        """Queue ``work(conn)``: it runs on the writer thread in a transaction of its own, after
+        the messages of its group; it reports its own outcome (see :meth:`Store.transact`)."""
+        with self._lock:
+            if not self._running:
+                raise StoreClosed("the store is closed")
+            self._queue.put(_Item(None, None, work))
+
     def stop(self, timeout: float = 30.0) -> None:
         """Commit what is queued, close the connection, end the thread.
 
@@ -268,6 +282,19 @@ class Writer:
         return group
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        if any(i.work is not None for i in group):  # keep the order: a flush waits for work too
+            run: list[_Item] = []
+            for item in group:
+                if item.work is None:
+                    run.append(item)
+                    continue
+                if run:
+                    self._commit(conn, run)
+                    run = []
+                run_work(conn, item.work)
+            if run:
+                self._commit(conn, run)
+            return
         messages = [i.incoming for i in group if i.incoming is not None]
         delay = self.RETRY_MIN_S
         while True:
@@ -330,6 +357,24 @@ class Writer:
                     item.done()
                 except Exception:
                     log.exception("store: a commit callback failed")
+
+
+def run_work(conn: sqlite3.Connection, work: Work) -> None:
+    """Run ``work`` in its own IMMEDIATE transaction: committed if it returns, rolled back if it
+    raises. ``work`` catches and reports its own exceptions; one that escapes is logged."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except ControlPlaneError:
+        pass  # a refusal (bad request, conflict): reported to the caller, nothing to log
+    except Exception:
+        log.exception("store: a transaction failed")
 
 
 def _weight(item: _Item) -> int:

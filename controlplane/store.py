@@ -181,6 +181,13 @@ def query_results(conn: sqlite3.Connection, q: ResultQuery) -> ResultPage:
     return ResultPage(results, next_cursor, total)
 
 
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
+
+
 # -- the facade ------------------------------------------------------------------------------------
 
 
@@ -261,7 +268,46 @@ class Store:
         self._writer.submit(None, done)
         await future
 
+    async def transact(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one transaction on the writer thread; return its value.
+
+        For the registry's and the rollouts' writes: few, small, and each must be atomic (a
+        rollout's state change with its devices' rows). An exception in ``fn`` rolls the
+        transaction back and is raised here (``sqlite3.Error`` as :class:`StoreError`).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(value: Any, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.row_factory = sqlite3.Row
+            try:
+                value = fn(conn, *args)
+            except BaseException as exc:
+                error: BaseException = exc
+                if isinstance(exc, sqlite3.Error):
+                    error = StoreError(f"writing the store failed: {exc}")
+                _post(loop, settle, None, error)
+                raise
+            finally:
+                conn.row_factory = None
+            _post(loop, settle, value, None)
+
+        self._writer.submit_work(work)
+        return await future
+
     # -- reads --
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on a reader thread (rows are :class:`sqlite3.Row`)."""
+        return await self._read(fn, *args)
 
     async def devices(
         self, *, state: State | None = None, now: float, offline_after_s: float

@@ -66,6 +66,9 @@ class ModelInfo(_Wire):
     fallback_reason: str | None = Field(
         None, description="Why a preferred backend was skipped (the CPU fallback)."
     )
+    seq: int | None = Field(
+        None, description="The registry's release number, when a deployment installed it."
+    )
 
 
 class Status(WireMessage):

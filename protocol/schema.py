@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from protocol.manifest import ModelManifest
 from protocol.messages import ResultBatch, Status, Telemetry
+from protocol.release import DeploymentReport, SignedDesired, SignedRelease
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 DOCUMENTS: dict[str, type[BaseModel]] = {
@@ -21,6 +22,9 @@ DOCUMENTS: dict[str, type[BaseModel]] = {
     "telemetry": Telemetry,
     "results": ResultBatch,
     "manifest": ModelManifest,
+    "release": SignedRelease,
+    "desired": SignedDesired,
+    "deployment": DeploymentReport,
 }
 
 

@@ -1,0 +1,1 @@
+"""The model registry: content-addressed artifacts, signed releases, the release key."""

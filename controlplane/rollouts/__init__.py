@@ -1,0 +1,1 @@
+"""Rollouts: waves, gates, per-device deployments and the controller that drives them."""
