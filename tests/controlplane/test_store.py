@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -321,3 +322,51 @@ async def test_close_commits_what_was_queued(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "cp.db")
     assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 20
     conn.close()
+
+
+# -- transactions (the registry's and the rollouts' writes) ---------------------------------------
+
+
+def _count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM scratch").fetchone()[0])
+
+
+async def test_transact_commits_and_returns_the_value(store: Store) -> None:
+    def create(conn: sqlite3.Connection) -> int:
+        conn.execute("CREATE TABLE scratch (n INTEGER)")
+        conn.executemany("INSERT INTO scratch VALUES (?)", [(1,), (2,)])
+        return _count(conn)
+
+    assert await store.transact(create) == 2
+    assert await store.read(_count) == 2
+
+
+async def test_a_refusal_inside_transact_rolls_back_and_reaches_the_caller(store: Store) -> None:
+    await store.transact(lambda conn: conn.execute("CREATE TABLE scratch (n INTEGER)"))
+
+    def insert_then_refuse(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO scratch VALUES (1)")
+        raise BadRequest("n", "refused")
+
+    with pytest.raises(BadRequest, match="refused"):
+        await store.transact(insert_then_refuse)
+    assert await store.read(_count) == 0
+
+
+async def test_an_sql_error_inside_transact_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="no such table"):
+        await store.transact(lambda conn: conn.execute("INSERT INTO nowhere VALUES (1)"))
+    # the writer thread survives it
+    await store.transact(lambda conn: conn.execute("CREATE TABLE scratch (n INTEGER)"))
+    assert await store.read(_count) == 0
+
+
+async def test_a_flush_after_transact_waits_for_it(store: Store) -> None:
+    await store.transact(lambda conn: conn.execute("CREATE TABLE scratch (n INTEGER)"))
+    pending = asyncio.ensure_future(
+        store.transact(lambda conn: conn.execute("INSERT INTO scratch VALUES (7)"))
+    )
+    await asyncio.sleep(0)  # the transaction is queued before the barrier
+    await store.flush()
+    assert await store.read(_count) == 1
+    await pending
