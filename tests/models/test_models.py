@@ -238,6 +238,8 @@ def test_convnet_answer_depends_on_its_input() -> None:
 
 
 def test_committed_models_stay_small() -> None:
+    """A clone carries every model: the benchmark ones (convnet224 in two formats, the 2 MB rollout
+    artifact) are most of it, and the budget is what they need, not a round number to grow into."""
     files = [p for p in MODELS.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    assert sum(p.stat().st_size for p in files) < 6_000_000
+    assert sum(p.stat().st_size for p in files) < 16_000_000
     assert (DIGITS / "edge_fp32.tflite").stat().st_size < 100_000
