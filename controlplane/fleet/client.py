@@ -22,6 +22,8 @@ CHUNK = 256 * 1024
 class FleetError(ControlPlaneError):
     """A CLI command failed; the message is what the user sees."""
 
+    status: int | None = None  # the HTTP status, when the control plane answered
+
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
     """``--server``, ``--json`` and ``--timeout``: every fleet command has them."""
@@ -107,6 +109,18 @@ class FleetClient:
         headers = {"Content-Type": content_type, "Content-Length": str(total)}
         return self.request("PUT", path, content=chunks(), headers=headers)
 
+    def get_bytes(self, path: str) -> bytes:
+        """The raw body of a GET (a kept input, an artifact), or FleetError as for JSON."""
+        try:
+            response = self._http.get(path)
+        except httpx.TimeoutException:
+            raise FleetError(f"GET {self.server}{path}: no answer in time") from None
+        except httpx.HTTPError as exc:
+            raise FleetError(f"cannot reach the control plane at {self.server} ({exc})") from None
+        if not response.is_success:
+            decode("GET", f"{self.server}{path}", response)  # raises with the API's message
+        return response.content
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
@@ -133,4 +147,6 @@ def decode(method: str, url: str, response: httpx.Response) -> Any:
     message = body.get("error") if isinstance(body, dict) else None
     if not message:
         message = response.text.strip()[:200] or response.reason_phrase
-    raise FleetError(f"{message} (HTTP {response.status_code} from {method} {url})")
+    error = FleetError(f"{message} (HTTP {response.status_code} from {method} {url})")
+    error.status = response.status_code
+    raise error

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from controlplane.fleet.client import FleetClient, add_client_flags
-from controlplane.fleet.output import emit, table, when
+from controlplane.fleet.client import FleetClient, FleetError, add_client_flags
+from controlplane.fleet.output import cell, emit, table, when
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="the device id")
     add_client_flags(p)
     p.set_defaults(handler=show_device)
+    p = sub.add_parser("tag", help="set or remove tags on a device (over those it reports)")
+    p.add_argument("id", help="the device id")
+    p.add_argument("tags", nargs="*", metavar="KEY=VALUE", help="tags to set")
+    p.add_argument(
+        "--remove", action="append", default=[], metavar="KEY", help="a tag to remove (repeatable)"
+    )
+    add_client_flags(p)
+    p.set_defaults(handler=tag_device)
 
 
 def list_devices(args: argparse.Namespace) -> int:
@@ -61,3 +69,20 @@ def _render_device(d: dict[str, Any]) -> str:
         ("first seen", when(d.get("first_seen"))), ("last seen", when(d.get("last_seen"))),
     ]  # fmt: skip
     return table(pairs, ["field", "value"])
+
+
+def tag_device(args: argparse.Namespace) -> int:
+    """Set and remove the control plane's tags; a running rollout picks the device up if it now
+    matches the rollout's selection."""
+    tags: dict[str, str] = {}
+    for item in args.tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise FleetError(f"tag {item!r}: expected KEY=VALUE, like site=lab")
+        tags[key] = value
+    if not tags and not args.remove:
+        raise FleetError("nothing to do: give KEY=VALUE tags to set or --remove KEY")
+    with FleetClient.from_args(args) as client:
+        body = client.patch(f"/api/v1/devices/{args.id}/tags", {"set": tags, "remove": args.remove})
+    emit(args.json, body, lambda d: f"{d['id']}: tags {cell(d['tags'])}")
+    return 0

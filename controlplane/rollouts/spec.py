@@ -160,10 +160,10 @@ def parse_gate(text: str) -> Gate:
     return Gate(metric, cast(Op, op), threshold)
 
 
-DEFAULT_GATES: tuple[Gate, ...] = (
+DEFAULT_GATES: tuple[Gate, ...] = (  # in the order they are judged: wrong answers before slow ones
     Gate("failure_rate", "<=", 0.1, required=False),
     Gate("error_rate", "<=", 0.05, required=False),
-    Gate("latency_ratio", "<=", 2.0, required=False),
     Gate("agreement", ">=", 0.9, required=False),
     Gate("confidence_shift", "<=", 0.3, required=False),
+    Gate("latency_ratio", "<=", 2.0, required=False),
 )

@@ -225,7 +225,7 @@ CASES = [
         Case(
             values={"error_rate": 0.01},
             reason="2 gates hold over 100 samples "
-            "(no data, skipped: latency_ratio, agreement, confidence_shift)",
+            "(no data, skipped: agreement, confidence_shift, latency_ratio)",
         ),
         id="defaults-without-data-skipped",
     ),

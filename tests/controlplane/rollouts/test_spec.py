@@ -205,9 +205,9 @@ def test_default_gates_are_the_documented_ones_and_optional() -> None:
     assert [str(g) for g in DEFAULT_GATES] == [
         "failure_rate<=0.1",
         "error_rate<=0.05",
-        "latency_ratio<=2",
         "agreement>=0.9",
         "confidence_shift<=0.3",
+        "latency_ratio<=2",
     ]
     assert not any(g.required for g in DEFAULT_GATES)
     assert all(g.metric in METRICS for g in DEFAULT_GATES)
