@@ -1,0 +1,256 @@
+"""The deferred queue: cases the cloud should have answered but could not in time, kept in SQLite
+beside the outbox (``deferred.db``) until a background task gets the cloud's answer for them.
+
+A case is the request's input tensors (``.npz`` bytes, loaded without pickle), the result as the
+outbox keeps it (encoded :class:`~protocol.messages.InferenceResult`), its model and the unix time
+it was made. It survives a restart of the agent. Bounds, per model: at most ``max_rows`` cases
+(putting past it drops the model's oldest, counted in ``dropped_total``) and a TTL (cases older
+than it are dropped by :meth:`DeferredQueue.expire`, counted in ``expired_total``); a case the
+cloud refuses for good is dropped and counted in ``failed_total``. All three counters persist.
+
+One worker thread owns the connection (as the outbox's writer does), so the event loop never waits
+for a commit. Traffic here is the hard cases only, a few per second at most: no group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from agent.errors import OutboxError
+
+T = TypeVar("T")
+Counter = Literal["dropped_total", "expired_total", "failed_total"]
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE deferred (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL UNIQUE, model TEXT NOT NULL,
+  created_at REAL NOT NULL, next_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+  inputs BLOB NOT NULL, result BLOB NOT NULL
+);
+CREATE INDEX deferred_due ON deferred (next_at);
+CREATE INDEX deferred_model ON deferred (model, id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('dropped_total', 0), ('expired_total', 0), ('failed_total', 0);
+"""
+
+
+def pack_inputs(inputs: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {name: np.asarray(array) for name, array in inputs.items()}
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def unpack_inputs(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def input_bytes(inputs: Mapping[str, np.ndarray]) -> int:
+    return sum(int(np.asarray(a).nbytes) for a in inputs.values())
+
+
+@dataclass(frozen=True)
+class DeferredCase:
+    rowid: int
+    result_id: str
+    model: str
+    created_at: float
+    attempts: int
+    inputs: bytes  # pack_inputs()
+    result: bytes  # the encoded InferenceResult
+
+
+@dataclass(frozen=True)
+class DeferredStats:
+    depth: int
+    dropped_total: int
+    expired_total: int
+    failed_total: int
+
+
+class DeferredQueue:
+    """See the module docstring. ``open()`` before use, ``close()`` after."""
+
+    def __init__(self, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="deferred")
+        try:
+            await self._run(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._disconnect)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def put(
+        self, result_id: str, model: str, created_at: float, inputs: bytes, result: bytes,
+        max_rows: int,
+    ) -> int:  # fmt: skip
+        """Keep a case (an id already waiting is left as it is); drop the model's oldest past
+        ``max_rows``. Returns how many were dropped."""
+        return await self._run(self._put, (result_id, model, created_at, inputs, result), max_rows)
+
+    async def due(self, now: float, limit: int) -> list[DeferredCase]:
+        """Up to ``limit`` cases whose next try is due at ``now``, oldest first."""
+        return await self._run(self._due, now, limit)
+
+    async def next_due(self) -> float | None:
+        """When the earliest case is due (unix time), or None when none waits."""
+        return await self._run(self._next_due)
+
+    async def done(self, rowid: int, counter: Counter | None = None) -> None:
+        """Remove a case: answered (no counter) or given up (counted)."""
+        await self._run(self._done, rowid, counter)
+
+    async def retry_at(self, rowid: int, when: float) -> None:
+        await self._run(self._retry_at, rowid, when)
+
+    async def expire(self, model: str, before: float) -> int:
+        """Drop the model's cases made before ``before``; return how many."""
+        return await self._run(self._expire, model, before)
+
+    async def stats(self) -> DeferredStats:
+        return await self._run(self._stats)
+
+    # --- on the worker thread ---------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise OutboxError(f"the deferred queue {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"deferred queue {self.path}: {exc}") from None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"the deferred queue {self.path} is not open")
+        return self._conn
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"{self.path} was written by a newer agent (deferred queue schema {version}); "
+                    "upgrade the agent or move the file aside"
+                )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if version == 0:
+                conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = 1; COMMIT;")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _put(self, row: tuple[str, str, float, bytes, bytes], max_rows: int) -> int:
+        conn = self._db()
+        result_id, model, created_at, inputs, result = row
+        with _transaction(conn):
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO deferred (result_id, model, created_at, next_at, inputs,"
+                " result) VALUES (?, ?, ?, ?, ?, ?)",
+                (result_id, model, created_at, created_at, inputs, result),
+            ).rowcount
+            if not inserted:
+                return 0
+            (count,) = conn.execute(
+                "SELECT count(*) FROM deferred WHERE model = ?", (model,)
+            ).fetchone()
+            over = int(count) - max_rows
+            if over > 0:
+                conn.execute(
+                    "DELETE FROM deferred WHERE id IN (SELECT id FROM deferred WHERE model = ?"
+                    " ORDER BY id LIMIT ?)",
+                    (model, over),
+                )
+                _count(conn, "dropped_total", over)
+            return max(over, 0)
+
+    def _due(self, now: float, limit: int) -> list[DeferredCase]:
+        rows = self._db().execute(
+            "SELECT id, result_id, model, created_at, attempts, inputs, result FROM deferred"
+            " WHERE next_at <= ? ORDER BY next_at, id LIMIT ?",
+            (now, limit),
+        )
+        return [DeferredCase(*row) for row in rows]
+
+    def _next_due(self) -> float | None:
+        (when,) = self._db().execute("SELECT min(next_at) FROM deferred").fetchone()
+        return None if when is None else float(when)
+
+    def _done(self, rowid: int, counter: Counter | None) -> None:
+        conn = self._db()
+        with _transaction(conn):
+            deleted = conn.execute("DELETE FROM deferred WHERE id = ?", (rowid,)).rowcount
+            if counter is not None and deleted:
+                _count(conn, counter, deleted)
+
+    def _retry_at(self, rowid: int, when: float) -> None:
+        self._db().execute(
+            "UPDATE deferred SET next_at = ?, attempts = attempts + 1 WHERE id = ?", (when, rowid)
+        )
+
+    def _expire(self, model: str, before: float) -> int:
+        conn = self._db()
+        with _transaction(conn):
+            count = conn.execute(
+                "DELETE FROM deferred WHERE model = ? AND created_at < ?", (model, before)
+            ).rowcount
+            if count:
+                _count(conn, "expired_total", count)
+        return int(count)
+
+    def _stats(self) -> DeferredStats:
+        conn = self._db()
+        (depth,) = conn.execute("SELECT count(*) FROM deferred").fetchone()
+        counters = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return DeferredStats(
+            depth, counters["dropped_total"], counters["expired_total"], counters["failed_total"]
+        )
+
+
+class _transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _count(conn: sqlite3.Connection, counter: Counter, n: int) -> None:
+    conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, counter))
