@@ -11,7 +11,7 @@ COPY agent ./agent
 COPY controlplane ./controlplane
 COPY provisioning ./provisioning
 COPY models ./models
-RUN pip install '.[agent,controlplane]' \
+RUN pip install '.[agent,controlplane,onnx]' \
     && useradd --system --home-dir /data --shell /usr/sbin/nologin edgefleet \
     && mkdir -p /data && chown edgefleet /data
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from agent import __version__, oip
@@ -32,7 +35,7 @@ from agent.errors import (
     RuntimeBackendError,
     UnknownModel,
 )
-from agent.inference import ServedModel
+from agent.inference import InferenceOutput, ServedModel
 from agent.telemetry import InferenceStats
 from protocol.messages import InferenceResult
 
@@ -44,6 +47,20 @@ RETRY_AFTER_S = 1
 not the request's, and the same request may well succeed a moment later."""
 
 Record = Callable[[InferenceResult], Awaitable[None]]
+Offload = Callable[
+    [InferenceResult, Mapping[str, np.ndarray], int, float | None], Awaitable[InferenceResult]
+]
+"""(result, input tensors, requests queued for the model, seconds left or None) -> the result
+with its offload decision (:meth:`agent.offload.offloader.Offloader.process`)."""
+DEADLINE_HEADER = "X-Deadline-Ms"
+"""A caller's deadline for the whole request, in milliseconds: an offload must fit in what is
+left of it after the local inference (else the model's ``deadline_ms`` applies)."""
+Inferred = Callable[[str, Any, InferenceOutput], None]
+"""Told of each answered request (model, its input: image bytes or tensors, the output): the
+deployer's shadow evaluation. It must return at once."""
+Sample = Callable[[InferenceResult, Any], None]
+"""Told of each kept result with its input (image bytes or tensors): the data loop's sampling
+(:meth:`agent.daemon.Agent.sample`). It must return at once and never raise."""
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,6 +77,21 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OutboxError):
         return 503, "outbox"
     return 500, "internal"
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """Milliseconds from the deadline header, or InputError naming it."""
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms) or ms <= 0:
+        raise InputError(
+            f"{DEADLINE_HEADER} must be a positive number of milliseconds, got {value!r}"
+        )
+    return ms
 
 
 def json_response(
@@ -94,12 +126,18 @@ class _Handlers:
         stats: InferenceStats,
         max_body_bytes: int,
         on_recorded: Callable[[], None] | None,
+        on_inferred: Inferred | None = None,
+        offload: Offload | None = None,
+        sample: Sample | None = None,
     ) -> None:
+        self.offload = offload
+        self.sample = sample
         self.models = models
         self.record = record
         self.stats = stats
         self.max_body_bytes = max_body_bytes
         self.on_recorded = on_recorded
+        self.on_inferred = on_inferred
 
     # --- health and metadata ----------------------------------------------------------------
 
@@ -124,20 +162,24 @@ class _Handlers:
     # --- inference --------------------------------------------------------------------------
 
     async def infer(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        deadline_ms = parse_deadline(request.headers.get(DEADLINE_HEADER))
         served = self._served(request)
         body = await self._body(request)
         length = oip.parse_header_length(request.headers.get(oip.HEADER_LENGTH), len(body))
         decoded = oip.decode_infer_request(body, length)
         output = await served.infer(decoded.inputs, request_id=decoded.id)
-        result = output.result
+        result = await self._offload(served, output, started, deadline_ms)
         encoded = oip.encode_infer_response(
             model_name=served.name,
             model_version=served.version,
             outputs=oip.select_outputs(decoded, output.outputs),
             request_id=decoded.id,
-            parameters={"result_id": result.result_id},
+            parameters=_parameters(result),
         )
-        await self._keep(served.name, result)
+        await self._keep(served.name, result, decoded.inputs)
+        if self.on_inferred is not None:
+            self.on_inferred(served.name, decoded.inputs, output)
         return web.Response(
             body=encoded.body,
             content_type=encoded.content_type,
@@ -149,20 +191,43 @@ class _Handlers:
         )
 
     async def image(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        deadline_ms = parse_deadline(request.headers.get(DEADLINE_HEADER))
         served = self._served(request)
         body = await self._body(request)
         if not body:
             raise InputError("the body is empty: POST the bytes of a JPEG or PNG image")
         output = await served.infer_image(body, request_id=request.headers.get("X-Request-Id"))
-        await self._keep(served.name, output.result)
+        result = await self._offload(served, output, started, deadline_ms)
+        await self._keep(served.name, result, body)
+        if self.on_inferred is not None:
+            self.on_inferred(served.name, body, output)
         return web.Response(
-            body=output.result.model_dump_json(exclude_none=True).encode(),
+            body=result.model_dump_json(exclude_none=True).encode(),
             content_type="application/json",
         )
 
-    async def _keep(self, model: str, result: InferenceResult) -> None:
-        """Store the result (OutboxError propagates: answered 503), wake the uplink, count it."""
+    async def _offload(
+        self,
+        served: ServedModel,
+        output: InferenceOutput,
+        started: float,
+        deadline_ms: float | None,
+    ) -> InferenceResult:
+        """The result with its offload decision, within what is left of the caller's deadline."""
+        if self.offload is None:
+            return output.result
+        left = None
+        if deadline_ms is not None:
+            left = deadline_ms / 1000.0 - (time.perf_counter() - started)
+        return await self.offload(output.result, output.inputs, served.pending, left)
+
+    async def _keep(self, model: str, result: InferenceResult, payload: Any) -> None:
+        """Store the result (OutboxError propagates: answered 503), wake the uplink, count it,
+        and offer its input (``payload``) to the sampling."""
         await self.record(result)
+        if self.sample is not None:
+            self.sample(result, payload)
         if self.on_recorded is not None:
             self.on_recorded()
         self.stats.observe(model, result.latency_ms)
@@ -221,6 +286,22 @@ class _Handlers:
             return error_response(status, str(exc))
 
 
+def _parameters(result: InferenceResult) -> dict[str, Any]:
+    """The OIP response's parameters: the result id, and the offload decision with the cloud's
+    top class when it answered in time."""
+    parameters: dict[str, Any] = {"result_id": result.result_id}
+    offload = result.offload
+    if offload is not None:
+        parameters["offload"] = offload.decision
+        if offload.cloud is not None and offload.cloud.classes:
+            best = offload.cloud.classes[0]
+            parameters["cloud_index"] = best.index
+            parameters["cloud_score"] = best.score
+            if best.label is not None:
+                parameters["cloud_label"] = best.label
+    return parameters
+
+
 def _message(exc: Exception, status: int) -> str:
     if isinstance(exc, OutboxError):
         return f"the result could not be stored, so it was not kept: {exc}"
@@ -250,14 +331,20 @@ def create_app(
     stats: InferenceStats,
     max_body_bytes: int = 16 * 2**20,
     on_recorded: Callable[[], None] | None = None,
+    on_inferred: Inferred | None = None,
+    offload: Offload | None = None,
+    sample: Sample | None = None,
 ) -> web.Application:
     """The local API over ``models`` (looked up per request, so the mapping may change).
 
     ``record`` keeps a result durably and returns once it is kept (raising OutboxError when it
-    cannot); ``on_recorded`` is called after each (to wake the uplink); ``stats`` counts
-    inferences and errors. Bodies over ``max_body_bytes`` are refused with 413.
+    cannot); ``on_recorded`` is called after each (to wake the uplink); ``on_inferred`` after each
+    answer (shadow evaluation); ``stats`` counts inferences and errors. Bodies over
+    ``max_body_bytes`` are refused with 413. ``offload``, when given, decides each result's
+    offload before it is kept (docs/agent.md, "Offload"). ``sample``, when given, is offered each
+    kept result with its input (docs/data.md).
     """
-    h = _Handlers(models, record, stats, max_body_bytes, on_recorded)
+    h = _Handlers(models, record, stats, max_body_bytes, on_recorded, on_inferred, offload, sample)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[h.errors])
     app.router.add_get("/v2", h.server_metadata)
     app.router.add_get("/v2/health/live", h.live)

@@ -24,6 +24,8 @@ else:  # Python 3.10 (JetPack 6 on Jetson)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from agent.offload.config import OffloadConfig
+from agent.samples.config import ModelSamples, SamplesConfig
 from protocol.topics import validate_device_id
 
 
@@ -38,6 +40,12 @@ class ModelConfig(_Section):
     )
     backends: list[str] | None = Field(
         None, description="Backend priority for this model (default: the agent's `backends`)."
+    )
+    offload: OffloadConfig | None = Field(
+        None, description="Offload to a cloud tier ([models.offload]; see docs/agent.md)."
+    )
+    samples: ModelSamples | None = Field(
+        None, description="This model's own input sampling ([models.samples]; docs/data.md)."
     )
 
 
@@ -58,6 +66,24 @@ class UplinkConfig(_Section):
     )
     linger_s: float = Field(
         0.05, ge=0, le=10, description="Seconds a part-filled batch waits for more results."
+    )
+
+
+class DeployConfig(_Section):
+    public_key: str | None = Field(
+        None, description="The control plane's release key, `ed25519:...` (trust anchor)."
+    )
+    public_key_file: Path | None = Field(
+        None, description="A file holding the release key text, instead of `public_key`."
+    )
+    shadow_share: float = Field(
+        0.2, gt=0, le=1, description="Share of live requests run in shadow (unless the doc says)."
+    )
+    download_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds an artifact download may go without receiving a byte."
+    )
+    keep_releases: int = Field(
+        2, ge=2, le=16, description="Releases kept on disk per model (the active and previous)."
     )
 
 
@@ -87,6 +113,8 @@ class AgentSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
 
     @field_validator("device_id")
     @classmethod
@@ -113,8 +141,13 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 # --- flags derived from the model -----------------------------------------------------------
 
-_SECTIONS: dict[str, type[_Section]] = {"outbox": OutboxConfig, "uplink": UplinkConfig}
-_SPECIAL = {"models", "outbox", "uplink"}
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "outbox": OutboxConfig,
+    "uplink": UplinkConfig,
+    "deploy": DeployConfig,
+    "samples": SamplesConfig,
+}
+_SPECIAL = {"models", "outbox", "uplink", "deploy", "samples"}
 
 
 def _flag_targets() -> dict[str, tuple[str, ...]]:
@@ -234,6 +267,10 @@ def _known_keys(parent: tuple[str, ...]) -> list[str]:
         return list(AgentSettings.model_fields)
     if parent[0] in _SECTIONS and len(parent) == 1:
         return list(_SECTIONS[parent[0]].model_fields)
+    if parent[0] == "models" and parent[-1] == "samples":
+        return list(ModelSamples.model_fields)
+    if parent[0] == "models" and parent[-1] == "offload":
+        return list(OffloadConfig.model_fields)
     if parent[0] == "models":
         return list(ModelConfig.model_fields)
     return []

@@ -11,20 +11,29 @@ import asyncio
 import logging
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import __version__
 from agent.config import AgentSettings, ModelConfig
+from agent.deploy.cache import ModelCache
+from agent.deploy.deployer import Deployer
+from agent.deploy.shadow import ShadowInput
 from agent.inference import InferenceOutput, ServedModel
+from agent.offload.offloader import Offloader, configured_offloads
 from agent.outbox import Outbox
+from agent.samples.sampler import Sampler
 from agent.telemetry import HostProbe, InferenceStats
 from agent.uplink import Uplink, make_will
 from protocol.manifest import ModelManifest
 from protocol.messages import Accelerator, InferenceResult, ModelInfo, Status, Telemetry, encode
-from protocol.mqtt import MQTTClient
+from protocol.mqtt import Message, MQTTClient, MQTTError
+from protocol.release import DeploymentReport
+from protocol.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,23 @@ def load_models(settings: AgentSettings) -> dict[str, ServedModel]:
             f" (fallback: {served.fallback_reason})" if served.fallback_reason else "",
         )
     return models
+
+
+def configured_loaders(
+    settings: AgentSettings, models: Mapping[str, ServedModel]
+) -> dict[str, Callable[[], ServedModel]]:
+    """How to load each configured model again, by name (``models`` as load_models gave it)."""
+
+    def loader(cfg: ModelConfig) -> Callable[[], ServedModel]:
+        return lambda: ServedModel.load(
+            cfg.path,
+            manifest=_manifest_for(cfg),
+            priority=cfg.backends or settings.backends,
+            threads=settings.threads,
+            max_output_values=settings.max_output_values,
+        )
+
+    return {name: loader(cfg) for name, cfg in zip(models, settings.models, strict=False)}
 
 
 def _manifest_for(cfg: ModelConfig) -> ModelManifest | None:
@@ -82,10 +108,19 @@ class Agent:
         *,
         outbox_path: Path | None = None,
         probe: HostProbe | None = None,
+        release_key: Ed25519PublicKey | None = None,
+        cache: ModelCache | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.device_id = settings.device_id
-        self.models = models
+        # This agent's own dict: a deployment swaps a model by replacing its entry.
+        self.models: dict[str, ServedModel] = dict(models)
+        if cache is None:
+            cache = ModelCache()
+            for name, served in self.models.items():
+                cache.adopt(f"cfg:{name}", served)
+        self.cache = cache
         self.stats = InferenceStats()
         self.outbox = Outbox(
             outbox_path or settings.data_dir / "outbox.db",
@@ -98,6 +133,7 @@ class Agent:
             client_id=f"edgefleet-agent-{self.device_id}",
             will=make_will(self.device_id),
             protocol=settings.mqtt_protocol,
+            on_message=self._on_message,
         )
         self.uplink = Uplink(
             device_id=self.device_id,
@@ -110,30 +146,106 @@ class Agent:
             ack_timeout=settings.uplink.ack_timeout_s,
             linger=settings.uplink.linger_s,
         )
+        offloads = configured_offloads(list(models), [cfg.offload for cfg in settings.models])
+        self.offloader: Offloader | None = None
+        if offloads:
+            self.offloader = Offloader(
+                offloads,
+                deferred_path=self.outbox.path.with_name("deferred.db"),
+                put=self.outbox.put,
+                on_put=self.uplink.wake,
+                synchronous=settings.outbox.synchronous,
+                max_output_values=settings.max_output_values,
+            )
+        self._offload_task: asyncio.Task[None] | None = None
+        self.sampler: Sampler | None = None  # keeps inputs for the data loop (docs/data.md)
+        if settings.samples.control_plane_url is not None:
+            self.sampler = Sampler(
+                settings.samples,
+                {name: cfg.samples for name, cfg in zip(models, settings.models, strict=False)},
+                device_id=self.device_id,
+                path=self.outbox.path.with_name("samples.db"),
+            )
         self._probe = probe
         self._last_telemetry = time.monotonic()
         self._uplink_task: asyncio.Task[None] | None = None
+        self._desired_topic = device_topic(self.device_id, Channel.DESIRED)
+        self._deployment_topic = device_topic(self.device_id, Channel.DEPLOYMENT)
+        self.deployer = Deployer(
+            device_id=self.device_id,
+            root=models_dir or settings.data_dir / "models",
+            config=settings.deploy,
+            key=release_key,
+            models=self.models,
+            cache=cache,
+            load_release=self._load_release,
+            configured=configured_loaders(settings, models),
+            publish=self._publish_report,
+            on_swap=self.announce,
+        )
+        announce_after_uplink = self.client.on_connect
+
+        async def on_connect() -> None:
+            if announce_after_uplink is not None:
+                await announce_after_uplink()
+            await self.deployer.flush()
+
+        self.client.on_connect = on_connect
 
     async def start(self) -> None:
+        """Open the outbox, serve the deployed models (see agent.deploy), then connect."""
         await self.outbox.open()
+        if self.offloader is not None:
+            await self.offloader.start()
+            self._offload_task = asyncio.create_task(self.offloader.run(), name="offload-drain")
+        if self.sampler is not None:
+            await self.sampler.start()
+        await self.deployer.start()
+        await self.client.subscribe(self._desired_topic, qos=1)
         self._uplink_task = asyncio.create_task(self.uplink.run(), name=f"uplink-{self.device_id}")
         await self.client.start()
 
     async def stop(self) -> None:
         """Publish the offline status, stop the uplink and the MQTT client, flush the outbox."""
         try:
+            await self.deployer.stop()
             await self.uplink.stop()
         finally:
             if self._uplink_task is not None:
                 self._uplink_task.cancel()
                 await asyncio.gather(self._uplink_task, return_exceptions=True)
             await self.client.stop()
+            if self._offload_task is not None:
+                self._offload_task.cancel()
+                await asyncio.gather(self._offload_task, return_exceptions=True)
+            if self.offloader is not None:
+                await self.offloader.stop()
             await self.outbox.close()
+            if self.sampler is not None:
+                await self.sampler.stop()
 
     async def record(self, result: InferenceResult) -> None:
         """Keep a result durably (returns once committed), then nudge the uplink."""
         await self.outbox.put(result.result_id, result.created_at, encode(result))
         self.uplink.wake()
+
+    def sample(self, result: InferenceResult, payload: ShadowInput) -> None:
+        """A result was kept: keep its input too if the sampling policy says so (returns at once;
+        the upload runs in the background)."""
+        if self.sampler is not None:
+            self.sampler.offer(result, payload)
+
+    async def offload(
+        self,
+        result: InferenceResult,
+        inputs: Mapping[str, np.ndarray],
+        queued: int,
+        timeout_s: float | None,
+    ) -> InferenceResult:
+        """The API's offload hook: the result with its offload decision (docs/agent.md)."""
+        if self.offloader is None:
+            return result
+        return await self.offloader.process(result, inputs, queued=queued, timeout_s=timeout_s)
 
     async def infer_image(self, model: str, data: bytes) -> InferenceOutput:
         """Infer on an image and record the result (the simulator's path; the API has its own)."""
@@ -145,7 +257,47 @@ class Agent:
             raise
         await self.record(output.result)
         self.stats.observe(model, output.result.latency_ms)
+        self.sample(output.result, data)
+        self.observe(model, data, output)
         return output
+
+    def observe(self, model: str, payload: ShadowInput, output: InferenceOutput) -> None:
+        """A request was answered by ``model``: a shadow deployment may run it on its candidate."""
+        self.deployer.observe(model, payload, output)
+
+    async def announce(self) -> None:
+        """Publish the birth again (retained): after a swap it lists the new release."""
+        try:
+            await self.client.publish(
+                device_topic(self.device_id, Channel.STATUS),
+                encode(self.birth()),
+                qos=1,
+                retain=True,
+                timeout=self.settings.uplink.ack_timeout_s,
+            )
+        except MQTTError as exc:  # the next (re)connect publishes it anyway
+            log.info("%s: birth not re-published: %s", self.device_id, exc)
+
+    def _on_message(self, message: Message) -> None:
+        if message.topic == self._desired_topic:
+            self.deployer.receive(message.payload)
+
+    async def _publish_report(self, report: DeploymentReport) -> None:
+        await self.client.publish(
+            self._deployment_topic,
+            encode(report),
+            qos=1,
+            timeout=self.settings.uplink.ack_timeout_s,
+        )
+
+    def _load_release(self, path: Path, manifest: ModelManifest) -> ServedModel:
+        return ServedModel.load(
+            path,
+            manifest=manifest,
+            priority=self.settings.backends,
+            threads=self.settings.threads,
+            max_output_values=self.settings.max_output_values,
+        )
 
     def birth(self) -> Status:
         host, port = self.settings.listen_address
@@ -168,6 +320,7 @@ class Agent:
                     artifact_sha256=m.artifact_sha256,
                     backend=m.backend,
                     fallback_reason=m.fallback_reason,
+                    seq=self.deployer.seq_of(m.name),
                 )
                 for m in self.models.values()
             ],

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class InferenceOutput:
     """The raw outputs, as the model gives them (not dequantised)."""
     result: InferenceResult
     """What the outbox keeps: model, version, artifact hash, backend, latency, classes/outputs."""
+    inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """The tensors the model ran on (after pre-processing): what an offload sends the cloud."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class ServedModel:
         self._classifier = _classifier(manifest, runtime.outputs)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
         self._closed = False
+        self.pending = 0
+        """Inferences submitted and not finished: the backlog the offload policy weighs."""
 
     @classmethod
     def load(
@@ -211,9 +215,13 @@ class ServedModel:
         if self._closed:
             raise RuntimeBackendError(f"model {self.name!r} is closed")
         loop = asyncio.get_running_loop()
-        result: InferenceOutput = await loop.run_in_executor(
-            self._executor, fn, payload, request_id
-        )
+        self.pending += 1
+        try:
+            result: InferenceOutput = await loop.run_in_executor(
+                self._executor, fn, payload, request_id
+            )
+        finally:
+            self.pending -= 1
         return result
 
     def _run_tensors(
@@ -221,14 +229,15 @@ class ServedModel:
     ) -> InferenceOutput:
         start = time.perf_counter()
         validate_inputs(self.inputs, inputs)
-        return self._finish(self._invoke(inputs), start, request_id)
+        return self._finish(self._invoke(inputs), start, request_id, inputs)
 
     def _run_image(self, data: bytes, request_id: str | None) -> InferenceOutput:
         start = time.perf_counter()
         plan = self._image_plan
         assert plan is not None  # checked by infer_image
         tensor = image_to_tensor(data, plan)
-        return self._finish(self._invoke({plan.input.name: tensor}), start, request_id)
+        feed = {plan.input.name: tensor}
+        return self._finish(self._invoke(feed), start, request_id, feed)
 
     def _invoke(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -239,7 +248,11 @@ class ServedModel:
             raise RuntimeBackendError(f"{self.backend}: inference failed: {exc}") from None
 
     def _finish(
-        self, outputs: dict[str, np.ndarray], start: float, request_id: str | None
+        self,
+        outputs: dict[str, np.ndarray],
+        start: float,
+        request_id: str | None,
+        inputs: Mapping[str, np.ndarray] | None = None,
     ) -> InferenceOutput:
         classes = None
         kept = None
@@ -265,7 +278,7 @@ class ServedModel:
             classes=classes,
             outputs=kept,
         )
-        return InferenceOutput(outputs=outputs, result=result)
+        return InferenceOutput(outputs=outputs, result=result, inputs=inputs or {})
 
 
 # --- decisions at load ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from agent import __version__
 from agent.api import create_app
 from agent.config import AgentSettings, add_flags, load_settings
 from agent.daemon import Agent, load_models
+from agent.deploy.keys import load_release_key
 from agent.errors import AgentError
 from agent.telemetry import HostProbe
 from protocol.errors import ProtocolError
@@ -43,15 +44,22 @@ async def serve(settings: AgentSettings) -> None:
     if not settings.models:
         raise AgentError("no model to serve: pass --model PATH or add [[models]] to the config")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    release_key = load_release_key(settings.deploy)
     models = load_models(settings)
-    agent = Agent(settings, models, probe=HostProbe())
+    agent = Agent(settings, models, probe=HostProbe(), release_key=release_key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await agent.start()
     app = create_app(
-        models, record=agent.record, stats=agent.stats, max_body_bytes=settings.max_body_bytes
+        agent.models,
+        record=agent.record,
+        stats=agent.stats,
+        max_body_bytes=settings.max_body_bytes,
+        on_inferred=agent.observe,
+        offload=agent.offload if agent.offloader is not None else None,
+        sample=agent.sample if agent.sampler is not None else None,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -68,8 +76,10 @@ async def serve(settings: AgentSettings) -> None:
     finally:
         await runner.cleanup()
         await agent.stop()
-        for served in models.values():
+        for served in agent.models.values():
             served.close()
+        await agent.cache.drain()
+        agent.cache.close_all()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

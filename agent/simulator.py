@@ -4,6 +4,11 @@ Each simulated device is a real :class:`agent.daemon.Agent` with its own id, its
 and its own MQTT connection; they share the loaded model (one interpreter), and each sends real
 images from the digits test set through real inference at its own rate. Nothing here is faked but
 the camera.
+
+Deployments (``--release-key``): each device has its own models dict and its own slots under
+``--data-dir/ID/models``; it downloads and verifies its own copy of an artifact, while the loaded
+models are shared through one :class:`~agent.deploy.cache.ModelCache` keyed by release and
+artifact SHA-256, so a thousand devices on the same release hold one interpreter.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from PIL import Image
 
 from agent.config import validate
 from agent.daemon import Agent, load_models
+from agent.deploy.cache import ModelCache
+from agent.deploy.keys import key_from_flag
 from agent.errors import AgentError
 from protocol.errors import ProtocolError
 
@@ -104,13 +111,26 @@ async def simulate(args: argparse.Namespace) -> Tally:
     }
     ids = device_ids(args.id_prefix, args.devices)
     first = validate({**base, "device_id": ids[0]}, "simulate")
+    release_key = key_from_flag(args.release_key) if args.release_key else None
     models = load_models(first)
     model = next(iter(models))
     samples = load_samples(args.images)
+    cache = ModelCache()
+    for name, served in models.items():
+        cache.adopt(f"cfg:{name}", served, refs=len(ids))
     agents = []
     for device_id in ids:
         settings = validate({**base, "device_id": device_id}, "simulate")
-        agents.append(Agent(settings, models, outbox_path=args.data_dir / device_id / "outbox.db"))
+        agents.append(
+            Agent(
+                settings,
+                models,
+                outbox_path=args.data_dir / device_id / "outbox.db",
+                release_key=release_key,
+                cache=cache,
+                models_dir=args.data_dir / device_id / "models",
+            )
+        )
     for agent in agents:
         (args.data_dir / agent.device_id).mkdir(parents=True, exist_ok=True)
         await agent.start()
@@ -146,6 +166,8 @@ async def simulate(args: argparse.Namespace) -> Tally:
         task.cancel()
     await asyncio.gather(*drivers, return_exceptions=True)
     await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+    await cache.drain()
+    cache.close_all()
     for served in models.values():
         served.close()
     elapsed = time.monotonic() - started
@@ -169,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=Path(".simulator"), help="outboxes go here")
     p.add_argument("--id-prefix", default="sim", help="device ids are PREFIX-000, PREFIX-001, ...")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag on every device")
+    p.add_argument(
+        "--release-key",
+        metavar="TEXT|FILE",
+        help="the control plane's release key (ed25519:...) or a file holding it; "
+        "without it deployments are refused",
+    )
     p.add_argument("--backends", default="litert,tflite-runtime", help="backend priority")
     p.add_argument("--mqtt-protocol", choices=["auto", "5", "3.1.1"], default="auto")
     p.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds")

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from controlplane.agreement import query_agreement
 from controlplane.errors import BadRequest, StoreClosed
 from controlplane.metrics import CONTENT_TYPE, Metrics
 from controlplane.settings import Settings
@@ -27,6 +28,9 @@ from protocol.topics import validate_device_id
 
 if TYPE_CHECKING:
     from controlplane.ingest import Ingestor
+    from controlplane.registry.artifacts import ArtifactStore
+    from controlplane.registry.keys import ReleaseKey
+    from controlplane.rollouts.controller import RolloutController
 
 DEFAULT_LIMIT = 100
 
@@ -39,6 +43,9 @@ class Context:
     store: Store
     metrics: Metrics
     ingestor: Ingestor | None = None  # None: an API-only app (no MQTT)
+    release_key: ReleaseKey | None = None  # None: no registry (its routes answer 503)
+    artifacts: ArtifactStore | None = None
+    rollouts: RolloutController | None = None  # None: no MQTT, so no rollouts are driven here
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -182,6 +189,17 @@ async def list_results(request: Request) -> Response:
     )
 
 
+async def results_agreement(request: Request) -> Response:
+    """Per version of ``model``: offloads, cloud answers and how often edge and cloud agree."""
+    ctx, q = _ctx(request), request.query_params
+    check_known(q.keys(), {"model", "since"})
+    model = q.get("model")
+    if not model:
+        raise BadRequest("model", "required: the model name, e.g. ?model=digits-edge")
+    versions = await ctx.store.read(query_agreement, model, parse_since(q.get("since")))
+    return JSONResponse({"model": model, "versions": versions})
+
+
 def _health(ctx: Context) -> tuple[bool, dict[str, Any]]:
     store = "open" if ctx.store.is_open else "closed"
     if ctx.ingestor is None:
@@ -218,6 +236,7 @@ routes = [
     Route("/api/v1/devices/{id}", get_device, methods=["GET"]),
     Route("/api/v1/devices/{id}/telemetry", device_telemetry, methods=["GET"]),
     Route("/api/v1/results", list_results, methods=["GET"]),
+    Route("/api/v1/results/agreement", results_agreement, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from controlplane.errors import ControlPlaneError
+from controlplane.offload import command as offload_command
 from controlplane.settings import Settings, load_settings
 
 log = logging.getLogger("controlplane")
@@ -163,10 +164,24 @@ def run_group(args: argparse.Namespace) -> int:
 
 
 def _fleet_groups() -> dict[str, Command]:
+    from controlplane.fleet import data as data_group
     from controlplane.fleet import devices
+    from controlplane.fleet import models as models_group
+    from controlplane.fleet import rollouts as rollout_group
 
     return {
         "devices": Command("list, show and tag devices", run_group, _group(devices.configure)),
+        "models": Command(
+            "push, list and show model releases", run_group, _group(models_group.configure)
+        ),
+        "rollout": Command(
+            "start, follow, pause and roll back rollouts",
+            run_group,
+            _group(rollout_group.configure),
+        ),
+        "data": Command(
+            "export the fleet's kept inputs as a data set", run_group, _group(data_group.configure)
+        ),
     }
 
 
@@ -178,6 +193,11 @@ COMMANDS: dict[str, Command] = {
         passthrough=True,
     ),
     **_fleet_groups(),
+    "offload": Command(
+        "the default offload server (`edgefleet offload serve --model NAME=path.onnx`)",
+        run_group,
+        _group(offload_command.configure),
+    ),
 }
 
 

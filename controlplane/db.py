@@ -31,15 +31,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
 from controlplane import records
 from controlplane.errors import ControlPlaneError, StoreClosed, StoreError
 from controlplane.metrics import Metrics
+from controlplane.offload_schema import v4_offload
 from controlplane.records import Incoming
 from controlplane.registry.schema import v2_registry
 from controlplane.rollouts.schema import v3_rollouts
+from controlplane.samples.schema import v5_samples
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def _v1_tables(db: Database) -> None:
     db.table("results").create_index(["created_at"])
 
 
-MIGRATIONS: list[Migration] = [_v1_tables, v2_registry, v3_rollouts]
+MIGRATIONS: list[Migration] = [_v1_tables, v2_registry, v3_rollouts, v4_offload, v5_samples]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
@@ -144,14 +147,15 @@ def connect_reader(path: Path) -> sqlite3.Connection:
         raise StoreError(f"cannot open the store {path} for reading: {exc}") from None
 
 
-Work = Callable[[sqlite3.Connection], None]
+Work = Callable[[sqlite3.Connection], Any]
+Settled = Callable[[Any, BaseException | None], None]
 
 
 @dataclass(eq=False, slots=True)
 class _Item:
     incoming: Incoming | None  # None: a barrier (flush) that only waits for what precedes it
     done: Done | None
-    work: Work | None = None  # a transaction of its own (registry, rollouts): see run_work
+    work: tuple[Work, Settled] | None = None  # a transaction of its own: see run_work
 
 
 _STOP = _Item(None, None)
@@ -230,13 +234,13 @@ class Writer:
                 raise StoreClosed("the store is closed")
             self._queue.put(_Item(incoming, done))
 
-    def submit_work(self, work: Work) -> None:
+    def submit_work(self, work: Work, settled: Settled) -> None:
         """Queue ``work(conn)``: it runs on the writer thread in a transaction of its own, after
-        the messages of its group; it reports its own outcome (see :meth:`Store.transact`)."""
+        what was queued before it; ``settled`` hears the outcome (see :func:`run_work`)."""
         with self._lock:
             if not self._running:
                 raise StoreClosed("the store is closed")
-            self._queue.put(_Item(None, None, work))
+            self._queue.put(_Item(None, None, (work, settled)))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Commit what is queued, close the connection, end the thread.
@@ -291,7 +295,7 @@ class Writer:
                 if run:
                     self._commit(conn, run)
                     run = []
-                run_work(conn, item.work)
+                run_work(conn, *item.work)
             if run:
                 self._commit(conn, run)
             return
@@ -359,22 +363,24 @@ class Writer:
                     log.exception("store: a commit callback failed")
 
 
-def run_work(conn: sqlite3.Connection, work: Work) -> None:
-    """Run ``work`` in its own IMMEDIATE transaction: committed if it returns, rolled back if it
-    raises. ``work`` catches and reports its own exceptions; one that escapes is logged."""
+def run_work(conn: sqlite3.Connection, work: Work, settled: Settled) -> None:
+    """Run ``work`` in its own IMMEDIATE transaction, then call ``settled(value, error)``: with its
+    return value once COMMIT has succeeded, or with the exception after the rollback."""
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            work(conn)
+            value = work(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-    except ControlPlaneError:
-        pass  # a refusal (bad request, conflict): reported to the caller, nothing to log
-    except Exception:
-        log.exception("store: a transaction failed")
+    except Exception as exc:
+        if not isinstance(exc, ControlPlaneError):  # a refusal is the caller's to report
+            log.exception("store: a transaction failed")
+        settled(None, exc)
+        return
+    settled(value, None)
 
 
 def _weight(item: _Item) -> int:

@@ -4,7 +4,12 @@ ControlPlaneError
  ├── ConfigError     a setting, flag or config file that is wrong (names the key and the fix)
  ├── StoreError      the SQLite store could not be opened, migrated, written or read
  │    └── StoreClosed  a request to a store that is not open (any more)
- └── BadRequest      an API query parameter or path that is invalid: HTTP 400, names the parameter
+ ├── BadRequest      an API query parameter or path that is invalid: HTTP 400, names the parameter
+ └── Refused         a request the API refuses with its own status (``status``) and a message
+      ├── NotFound             404: no such model, release or artifact
+      ├── Conflict             409: it contradicts what is stored (an immutable release)
+      ├── TooLarge             413: a body past a configured limit
+      └── RangeNotSatisfiable  416: a Range outside the file (``size`` for Content-Range)
 
 Foreign exceptions (``sqlite3``, pydantic, the MQTT client's) are translated into these where they
 are raised, so the API and the CLI only ever handle this tree.
@@ -33,3 +38,29 @@ class BadRequest(ControlPlaneError, ValueError):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
+
+
+class Refused(ControlPlaneError):
+    """A request refused with HTTP ``status`` and ``{"error": message}`` (the app's handler)."""
+
+    status = 400
+
+
+class NotFound(Refused):
+    status = 404
+
+
+class Conflict(Refused):
+    status = 409
+
+
+class TooLarge(Refused):
+    status = 413
+
+
+class RangeNotSatisfiable(Refused):
+    status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size

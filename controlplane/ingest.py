@@ -15,6 +15,10 @@ payload is how an operator deletes a retained status from the broker: acknowledg
 With ``shared_subscription_group`` set, results and telemetry are subscribed as
 ``$share/GROUP/...`` so that several replicas split them; status stays a plain subscription on
 every replica, because brokers do not send retained messages to shared subscriptions.
+
+Deployment reports (``deployment`` channel) are subscribed when a handler is set
+(:attr:`Ingestor.on_deployment`, the rollout controller): each is decoded here and handed over
+with its acknowledgement, which the handler calls after the commit that records it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from controlplane.errors import StoreClosed
 from controlplane.metrics import Metrics
@@ -32,6 +37,7 @@ from controlplane.store import Store
 from protocol.errors import InvalidMessage, InvalidTopic
 from protocol.messages import ResultBatch, Status, Telemetry, decode
 from protocol.mqtt import Message, MQTTClient
+from protocol.release import DeploymentReport
 from protocol.topics import Channel, device_filter, parse, shared_filter
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,15 @@ def subscriptions(group: str | None) -> list[str]:
         topic_filter = device_filter(channel)
         filters.append(shared_filter(group, topic_filter) if group else topic_filter)
     return filters
+
+
+DeploymentHandler: TypeAlias = Callable[[str, DeploymentReport, Callable[[], None]], None]
+"""``(device_id, report, ack)``: called in the event loop; calls ``ack`` after its commit."""
+
+
+def deployment_filter(group: str | None) -> str:
+    topic_filter = device_filter(Channel.DEPLOYMENT)
+    return shared_filter(group, topic_filter) if group else topic_filter
 
 
 def channel_label(topic: str) -> str:
@@ -93,6 +108,7 @@ class Ingestor:
         self.metrics = metrics
         self._closing = False
         self._log = RateLimitedLog()
+        self.on_deployment: DeploymentHandler | None = None  # set before start()
         self.client = MQTTClient(
             settings.broker,
             settings.client_id,
@@ -114,6 +130,9 @@ class Ingestor:
         await self.client.start()
         for topic_filter in subscriptions(self.settings.shared_subscription_group):
             await self.client.subscribe(topic_filter, qos=1)
+        if self.on_deployment is not None:
+            group = self.settings.shared_subscription_group
+            await self.client.subscribe(deployment_filter(group), qos=1)
         log.info("ingesting from %s as %s", self.client.url, self.settings.client_id)
 
     async def stop(self) -> None:
@@ -139,6 +158,9 @@ class Ingestor:
         except InvalidTopic as exc:
             self._malformed(message, channel_label(message.topic), str(exc))
             return
+        if topic.channel is Channel.DEPLOYMENT:
+            self._deployment(message, topic.device_id)
+            return
         kind = KINDS.get(topic.channel)
         if kind is None:
             message.ack()  # not ours (a broker that sends more than we asked for)
@@ -161,6 +183,23 @@ class Ingestor:
             self.store.submit(Incoming(topic.device_id, received_at, decoded), message.ack)
         except StoreClosed:
             log.debug("store closed: leaving a message on %s unacknowledged", message.topic)
+
+    def _deployment(self, message: Message, device_id: str) -> None:
+        channel = Channel.DEPLOYMENT.value
+        self.metrics.messages_received.inc(1, channel)
+        try:
+            report = decode(DeploymentReport, message.payload)
+        except InvalidMessage as exc:
+            self._malformed(message, channel, f"{exc} (topic {message.topic})")
+            return
+        if report.device_id != device_id:
+            why = f"device_id {report.device_id!r} differs from the topic's {device_id!r}"
+            self._malformed(message, channel, why)
+            return
+        if self.on_deployment is None:
+            message.ack()  # nobody runs rollouts here
+            return
+        self.on_deployment(device_id, report, message.ack)
 
     def _malformed(self, message: Message, channel: str, why: str) -> None:
         self.metrics.messages_malformed.inc(1, channel)

@@ -82,8 +82,15 @@ ON CONFLICT (id) DO UPDATE SET
 
 RESULTS = """
 INSERT OR IGNORE INTO results (device_id, result_id, created_at, received_at, model, model_version,
-                               artifact_sha256, backend, latency_ms, top_label, top_score, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               artifact_sha256, backend, latency_ms, top_label, top_score, body,
+                               offload_decision, offload_reason, cloud_label, cloud_score, agree,
+                               cloud_at, cloud_body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+CLOUD = """
+UPDATE results SET cloud_label = ?, cloud_score = ?, agree = ?, cloud_at = ?, cloud_body = ?
+WHERE device_id = ? AND result_id = ? AND cloud_body IS NULL
 """
 
 SEEN = """
@@ -101,6 +108,8 @@ class Plan:
     telemetry: list[Params] = field(default_factory=list)
     device_telemetry: list[Params] = field(default_factory=list)
     results: list[Params] = field(default_factory=list)
+    late_results: list[Params] = field(default_factory=list)
+    cloud: list[Params] = field(default_factory=list)
     seen: list[Params] = field(default_factory=list)
 
     def statements(self) -> list[tuple[str, list[Params]]]:
@@ -115,6 +124,8 @@ class Plan:
             (TELEMETRY, self.telemetry),
             (DEVICE_TELEMETRY, self.device_telemetry),
             (RESULTS, self.results),
+            (RESULTS, self.late_results),
+            (CLOUD, self.cloud),
             (SEEN, self.seen),
         ]
         return [(sql, rows) for sql, rows in pairs if rows]
@@ -147,7 +158,14 @@ def add(out: Plan, item: Incoming) -> None:
             (device, at, at, body, message.sent_at, message.backend, message.fallback_reason)
         )
     else:
-        out.results.extend(result_row(device, at, r) for r in message.results)
+        for result in message.results:
+            if is_late_answer(result):
+                # The row usually exists already; inserting too covers a first copy that was
+                # lost (evicted on the device), and the update fills in a row stored earlier.
+                out.late_results.append(result_row(device, at, result))
+                out.cloud.append(cloud_row(device, result))
+            else:
+                out.results.append(result_row(device, at, result))
         out.seen.append((device, at, at))
 
 
@@ -164,11 +182,40 @@ def birth_row(device_id: str, received_at: float, status: Status) -> Params:
 
 def result_row(device_id: str, received_at: float, result: InferenceResult) -> Params:
     top_label, top_score = top_class(result)
+    offload = result.offload
+    cloud = _cloud_values(result)
     return (
         device_id, result.result_id, result.created_at, received_at, result.model,
         result.model_version, result.artifact_sha256, result.backend, result.latency_ms,
         top_label, top_score, result.model_dump_json(exclude_none=True),
+        offload.decision if offload else None, offload.reason if offload else None, *cloud,
     )  # fmt: skip
+
+
+def is_late_answer(result: InferenceResult) -> bool:
+    """A deferred result sent again with the cloud's answer (see protocol.messages.Offload)."""
+    offload = result.offload
+    return offload is not None and offload.decision == "deferred" and offload.cloud is not None
+
+
+def cloud_row(device_id: str, result: InferenceResult) -> Params:
+    return (*_cloud_values(result), device_id, result.result_id)
+
+
+def _cloud_values(result: InferenceResult) -> tuple[Any, ...]:
+    """(cloud_label, cloud_score, agree, cloud_at, cloud_body) of a result; NULLs without one."""
+    offload = result.offload
+    if offload is None or offload.cloud is None:
+        return (None, None, None, None, None)
+    cloud = offload.cloud
+    label: str | None = None
+    score: float | None = None
+    if cloud.classes:
+        best = max(cloud.classes, key=lambda c: c.score)
+        label = best.label if best.label is not None else str(best.index)
+        score = best.score
+    agree = None if offload.agree is None else int(offload.agree)
+    return (label, score, agree, cloud.answered_at, cloud.model_dump_json(exclude_none=True))
 
 
 def top_class(result: InferenceResult) -> tuple[str | None, float | None]:

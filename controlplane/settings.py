@@ -19,7 +19,14 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (JetPack 6 on Jetson)
     import tomli as tomllib
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from controlplane.errors import ConfigError
 from protocol.mqtt import BrokerURL
@@ -61,6 +68,23 @@ class Settings(BaseModel):
         description="SQLite synchronous mode of the store (FULL: a commit survives power loss)",
     )
     log_level: LogLevel = Field("INFO", description="log level of the control plane's loggers")
+    public_url: str = Field(
+        "",
+        validate_default=True,
+        description="base URL devices download artifacts from (default: http://LISTEN)",
+    )
+    max_artifact_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="largest model artifact the registry accepts, bytes"
+    )
+    rollout_tick_s: float = Field(
+        1.0, gt=0, description="seconds between two ticks of the rollout controller"
+    )
+    rollout_max_retries: int = Field(
+        2, ge=0, description="times a device whose deployment failed is sent the release again"
+    )
+    max_sample_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="largest kept input a device may upload, bytes"
+    )
 
     @field_validator("broker")
     @classmethod
@@ -83,6 +107,16 @@ class Settings(BaseModel):
             except ValueError:
                 raise ValueError("a group name must be non-empty without / + #") from None
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            listen = info.data.get("listen")
+            return f"http://{listen}" if listen else value  # no listen: its own error is raised
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
 
     @field_validator("log_level", mode="before")
     @classmethod

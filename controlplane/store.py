@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from controlplane.agreement import with_cloud
 from controlplane.db import Done, Writer, connect_reader
 from controlplane.errors import BadRequest, StoreClosed, StoreError
 from controlplane.metrics import Metrics
 from controlplane.records import Incoming
+from controlplane.samples.queries import attach as attach_samples
 
 T = TypeVar("T")
 State = Literal["online", "offline"]
@@ -83,15 +85,26 @@ class ResultPage:
 
 _DEVICE_COLUMNS = (
     "id, state, first_seen, last_seen, status_at, agent_version, hardware, accelerators, models, "
-    "tags, api_url, backend, fallback_reason, telemetry, telemetry_at"
+    "tags, api_url, backend, fallback_reason, telemetry, telemetry_at, tag_overrides"
 )
-_JSON_COLUMNS = ("hardware", "accelerators", "models", "tags", "telemetry")
+_JSON_COLUMNS = ("hardware", "accelerators", "models", "tags", "telemetry", "tag_overrides")
+
+
+def effective_tags(
+    reported: dict[str, str], overrides: dict[str, str | None] | None
+) -> dict[str, str]:
+    """A device's tags: what it reports, overlaid with the operator's (a None hides a tag)."""
+    merged: dict[str, str | None] = {**reported, **(overrides or {})}
+    return {k: v for k, v in sorted(merged.items()) if v is not None}
 
 
 def _device(row: sqlite3.Row, now: float, offline_after_s: float) -> dict[str, Any]:
     out = {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row is not a mapping)
     for key in _JSON_COLUMNS:
         out[key] = json.loads(out[key]) if out[key] is not None else None
+    out["reported_tags"] = out["tags"] or {}
+    out["tag_overrides"] = out["tag_overrides"] or {}
+    out["tags"] = effective_tags(out["reported_tags"], out["tag_overrides"])
     out["reported_state"] = out["state"]
     out["state"] = device_state(out["state"], out["last_seen"], now, offline_after_s)
     return out
@@ -163,7 +176,10 @@ def query_results(conn: sqlite3.Connection, q: ResultQuery) -> ResultPage:
     if q.cursor is not None:
         where.append("id < ?" if q.order == "desc" else "id > ?")
         params.append(q.cursor)
-    sql = "SELECT id, device_id, received_at, top_label, top_score, body FROM results"
+    sql = (
+        "SELECT id, device_id, received_at, top_label, top_score, body, cloud_body, agree"
+        " FROM results"
+    )
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY id {q.order.upper()} LIMIT ?"
@@ -171,12 +187,13 @@ def query_results(conn: sqlite3.Connection, q: ResultQuery) -> ResultPage:
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     results = [
-        {
+        with_cloud({
             **json.loads(r["body"]), "device_id": r["device_id"], "received_at": r["received_at"],
             "top_label": r["top_label"], "top_score": r["top_score"],
-        }
+        }, r["cloud_body"], r["agree"])
         for r in rows
     ]  # fmt: skip
+    results = attach_samples(conn, results)  # sample_url and feedback (docs/data.md)
     next_cursor = encode_cursor(rows[-1]["id"], q.order) if more else None
     return ResultPage(results, next_cursor, total)
 
@@ -273,7 +290,8 @@ class Store:
 
         For the registry's and the rollouts' writes: few, small, and each must be atomic (a
         rollout's state change with its devices' rows). An exception in ``fn`` rolls the
-        transaction back and is raised here (``sqlite3.Error`` as :class:`StoreError`).
+        transaction back and is raised here (``sqlite3.Error`` as :class:`StoreError`). It
+        returns after the commit, so a read that follows sees what ``fn`` wrote.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -286,21 +304,19 @@ class Store:
             else:
                 future.set_result(value)
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> Any:
             conn.row_factory = sqlite3.Row
             try:
-                value = fn(conn, *args)
-            except BaseException as exc:
-                error: BaseException = exc
-                if isinstance(exc, sqlite3.Error):
-                    error = StoreError(f"writing the store failed: {exc}")
-                _post(loop, settle, None, error)
-                raise
+                return fn(conn, *args)
             finally:
                 conn.row_factory = None
-            _post(loop, settle, value, None)
 
-        self._writer.submit_work(work)
+        def settled(value: Any, error: BaseException | None) -> None:  # after COMMIT or ROLLBACK
+            if isinstance(error, sqlite3.Error):
+                error = StoreError(f"writing the store failed: {error}")
+            _post(loop, settle, value, error)
+
+        self._writer.submit_work(work, settled)
         return await future
 
     # -- reads --

@@ -143,6 +143,53 @@ class TensorDigest(_Wire):
     size_bytes: int
 
 
+OFFLOAD_DECISIONS = ("local", "offloaded", "deferred", "local_only")
+OFFLOAD_REASONS = ("low_confidence", "input_too_large", "backlog", "policy")
+CLOUD_ERRORS = ("timeout", "breaker_open", "unavailable", "rejected", "no_time_left")
+"""The values the agent sends today. The fields are plain strings on the wire, so that a newer
+agent's new value never makes an older control plane drop a whole batch."""
+
+
+class CloudAnswer(_Wire):
+    """The cloud tier's answer for one case: which model gave it, what it said, how fast."""
+
+    model: str = Field(description="The model's name on the offload endpoint.")
+    model_version: str | None = None
+    classes: list[ClassScore] | None = Field(None, description="Top-k, for classifiers.")
+    outputs: list[TensorData | TensorDigest] | None = Field(
+        None, description="Raw outputs, when the cloud model has no classification manifest."
+    )
+    latency_ms: float = Field(description="The successful call, as the agent timed it.")
+    answered_at: float = Field(default_factory=time.time, description="Unix time, seconds.")
+
+
+class Offload(_Wire):
+    """What the offload policy decided for a result, and the cloud's answer when there is one.
+
+    ``decision``: ``local`` (the policy kept it), ``local_only`` (the model may never offload),
+    ``offloaded`` (the cloud answered within the deadline: ``cloud`` is set), ``deferred`` (the
+    policy wanted the cloud but it was slow, down or its breaker open: the local answer stands,
+    the case waits on the device, and the same result is sent again with ``cloud`` set once the
+    cloud has answered). ``reason`` says why the cloud was wanted (``policy`` for local_only),
+    ``cloud_error`` why it gave no answer in time. A result sent again with ``cloud`` set carries
+    the late answer of a deferred case: the control plane stores it beside the first copy.
+    """
+
+    decision: str = Field(description="local, offloaded, deferred or local_only.")
+    reason: str | None = Field(
+        None, description="low_confidence, input_too_large, backlog; policy for local_only."
+    )
+    cloud_error: str | None = Field(
+        None,
+        description="Why the cloud gave no answer in the request path: timeout, breaker_open, "
+        "unavailable, rejected (rejected cases are not retried: decision stays local).",
+    )
+    cloud: CloudAnswer | None = None
+    agree: bool | None = Field(
+        None, description="Whether edge and cloud give the same top class (None: not compared)."
+    )
+
+
 class InferenceResult(_Wire):
     result_id: str = Field(default_factory=new_id)
     created_at: float = Field(default_factory=time.time)
@@ -155,6 +202,9 @@ class InferenceResult(_Wire):
     classes: list[ClassScore] | None = Field(None, description="Top-k, for classifiers.")
     outputs: list[TensorData | TensorDigest] | None = Field(
         None, description="Raw outputs, for models without post-processing."
+    )
+    offload: Offload | None = Field(
+        None, description="The offload decision; absent for a model without an offload policy."
     )
 
 

@@ -34,7 +34,7 @@ def dockerfile() -> list[str]:
 
 
 def test_compose_runs_broker_controlplane_and_fleet(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"broker", "controlplane", "fleet"}
+    assert set(compose["services"]) == {"broker", "controlplane", "fleet", "offload"}
     broker = compose["services"]["broker"]
     assert re.fullmatch(r"eclipse-mosquitto:2\.\d+\.\d+", broker["image"]), "pin the broker image"
     assert "1883:1883" in broker["ports"]
@@ -76,6 +76,19 @@ def test_compose_commands_parse_with_the_real_clis(compose: dict[str, Any]) -> N
     for path in (sim.model, sim.images):
         assert str(path).startswith("/app/"), path
         assert (ROOT / str(path).removeprefix("/app/")).is_file(), f"{path} is not in the image"
+
+
+def test_compose_offload_command_parses_and_serves_a_model_in_the_image(
+    compose: dict[str, Any],
+) -> None:
+    offload = compose["services"]["offload"]
+    args = _parse(controlplane_parser(), offload["command"])
+    assert (args.command, args.action) == ("offload", "serve")
+    port = int(args.listen.rsplit(":", 1)[1])
+    assert f"{port}:{port}" in offload["ports"]
+    for model in args.model:
+        path = model.split("=", 1)[1]
+        assert (ROOT / path.removeprefix("/app/")).is_file(), f"{path} is not in the image"
 
 
 def test_dockerfile_base_is_pinned_and_copies_existing_paths(dockerfile: list[str]) -> None:

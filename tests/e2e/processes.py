@@ -178,3 +178,41 @@ def digit_pngs(count: int) -> list[tuple[bytes, int]]:
         Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
         out.append((buf.getvalue(), int(label)))
     return out
+
+
+class Simulator(Process):
+    """``edgefleet simulate``: real agents in one process, with deployments turned on."""
+
+    def __init__(
+        self, broker_url: str, prefix: str, devices: int, workdir: Path, release_key: Path,
+        *extra: str, rate: float = 4.0,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            f"simulator-{prefix}",
+            [
+                sys.executable, "-m", "agent.simulator",
+                "--broker", broker_url,
+                "--devices", str(devices),
+                "--rate", str(rate),
+                "--model", str(EDGE_MODEL),
+                "--data-dir", str(workdir / f"sim-{prefix}"),
+                "--id-prefix", prefix,
+                "--release-key", str(release_key),
+                "--telemetry-interval", "1",
+                "--log-level", "INFO",
+                *extra,
+            ],
+            workdir,
+        )  # fmt: skip
+
+
+def cli(server: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``edgefleet ARGS --server SERVER`` as a real process; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane", *args, "--server", server],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
