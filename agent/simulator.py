@@ -19,6 +19,7 @@ import io
 import logging
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -68,9 +69,50 @@ class Tally:
     errors: int = 0
 
 
-def device_ids(prefix: str, count: int) -> list[str]:
-    width = max(3, len(str(count - 1)))
-    return [f"{prefix}-{i:0{width}d}" for i in range(count)]
+def device_ids(prefix: str, count: int, first: int = 0, total: int | None = None) -> list[str]:
+    """Ids ``first .. first+count-1`` of a fleet of ``total`` (default ``count``), zero-padded
+    alike across the fleet so that they sort in order."""
+    width = max(3, len(str((total if total is not None else first + count) - 1)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(first, first + count)]
+
+
+PER_PROCESS = 120
+"""Devices one simulator process runs. paho-mqtt waits on its sockets with ``select()``, which
+cannot watch a file descriptor numbered 1024 or more; each simulated device holds about six (its
+MQTT socket and wake-up pair, its outbox database, WAL and shared memory), so past ~160 devices in
+one process connections silently stall. Bigger fleets are split across worker processes."""
+
+
+def worker_argvs(
+    argv: Sequence[str], devices: int, per_process: int = PER_PROCESS
+) -> list[list[str]]:
+    """The command lines of the worker processes for a fleet of ``devices``: the same flags, each
+    with its slice of the ids (argparse keeps the last of a repeated flag)."""
+    out = []
+    for first in range(0, devices, per_process):
+        count = min(per_process, devices - first)
+        out.append(
+            [
+                sys.executable, "-m", "agent.simulator", *argv,
+                "--devices", str(count), "--first-index", str(first),
+                "--fleet-size", str(devices), "--seed-offset", str(first),
+            ]
+        )  # fmt: skip
+    return out
+
+
+def run_workers(argvs: list[list[str]]) -> int:
+    """Run the workers until they end, passing SIGINT and SIGTERM on; the worst exit status."""
+    procs = [subprocess.Popen(a) for a in argvs]
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return max(proc.wait() for proc in procs)
 
 
 async def drive(
@@ -98,6 +140,28 @@ async def drive(
         await asyncio.sleep(rng.expovariate(rate))
 
 
+STOP_TIMEOUT_S = 30.0
+START_BATCH = 25
+"""Devices that connect at once. A thousand MQTT connects from one process at the same moment
+queue their CONNACKs behind each other past the connect timeout, and the devices that time out
+retry and add to the storm (measured: 30,000 connects in two minutes, most devices never up)."""
+
+
+async def start_in_batches(agents: Sequence[Agent], batch: int = START_BATCH) -> None:
+    """Start the agents ``batch`` at a time, each batch once it is connected (or after 10 s; with
+    no broker at all the rest start at once and connect when it comes)."""
+    waiting = True
+    for i in range(0, len(agents), batch):
+        group = agents[i : i + batch]
+        for agent in group:
+            await agent.start()
+        if waiting:
+            outcomes = await asyncio.gather(
+                *(a.client.wait_connected(10) for a in group), return_exceptions=True
+            )
+            waiting = any(o is None for o in outcomes)
+
+
 async def simulate(args: argparse.Namespace) -> Tally:
     base = {
         "broker": args.broker,
@@ -109,7 +173,7 @@ async def simulate(args: argparse.Namespace) -> Tally:
         "uplink": {"telemetry_interval_s": args.telemetry_interval},
         "outbox": {"synchronous": args.synchronous},
     }
-    ids = device_ids(args.id_prefix, args.devices)
+    ids = device_ids(args.id_prefix, args.devices, args.first_index, args.fleet_size)
     first = validate({**base, "device_id": ids[0]}, "simulate")
     release_key = key_from_flag(args.release_key) if args.release_key else None
     models = load_models(first)
@@ -133,7 +197,7 @@ async def simulate(args: argparse.Namespace) -> Tally:
         )
     for agent in agents:
         (args.data_dir / agent.device_id).mkdir(parents=True, exist_ok=True)
-        await agent.start()
+    await start_in_batches(agents)
     log.info(
         "simulating %d devices at %.2f inferences/s each against %s",
         len(agents),
@@ -142,7 +206,7 @@ async def simulate(args: argparse.Namespace) -> Tally:
     )
     print(f"simulating {len(agents)} devices ({ids[0]} .. {ids[-1]}) -> {args.broker}", flush=True)
     tally = Tally()
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed + args.seed_offset)
     drivers = (
         [
             asyncio.create_task(
@@ -165,7 +229,12 @@ async def simulate(args: argparse.Namespace) -> Tally:
     for task in drivers:
         task.cancel()
     await asyncio.gather(*drivers, return_exceptions=True)
-    await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+    stops = [asyncio.ensure_future(a.stop()) for a in agents]
+    _, stuck = await asyncio.wait(stops, timeout=STOP_TIMEOUT_S)
+    if stuck:  # seen once at 1,000 devices with the broker gone: never leave a process behind
+        log.error("%d devices did not stop within %ss; leaving them", len(stuck), STOP_TIMEOUT_S)
+        for task in stuck:
+            task.cancel()
     await cache.drain()
     cache.close_all()
     for served in models.values():
@@ -207,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="outbox durability (NORMAL: simulated devices need not survive power loss)",
     )
     p.add_argument("--seed", type=int, default=0)
+    # set by the parent for its worker processes (see PER_PROCESS)
+    p.add_argument("--first-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--fleet-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--seed-offset", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -220,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "=" not in tag:
             print(f"edgefleet simulate: error: --tag {tag!r}: expected KEY=VALUE", file=sys.stderr)
             return 2
+    if args.devices > PER_PROCESS and args.fleet_size is None:
+        return run_workers(worker_argvs(list(sys.argv[1:] if argv is None else argv), args.devices))
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -19,31 +19,20 @@ digits-cloud SVM instead). It always exits 0: it reports; tests assert correctne
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 
+from bench.harness import MODELS, add_load_flags, load, serving, summary
 from controlplane.offload.command import offload_argv
 from tests.mosquitto import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = {
-    # name: (path, input, output, shape of one request)
-    "convnet224": (ROOT / "models/bench/convnet224.onnx", "input", "logits", [1, 224, 224, 3]),
-    "digits": (ROOT / "models/digits/cloud.onnx", "input", "probabilities", [1, 8, 8, 1]),
-}
 
 
 def raw_loop(
@@ -68,12 +57,11 @@ def raw_loop(
 def serve_and_load(
     model: str, max_batch: int, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
-    path, name, output, shape = MODELS[model]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = offload_argv(
         f"127.0.0.1:{port}",
-        {model: str(path)},
+        {model: str(MODELS[model][0])},
         "--max-batch",
         str(max_batch),
         "--max-queue-delay-ms",
@@ -83,90 +71,13 @@ def serve_and_load(
         "--log-level",
         "WARNING",
     )
-    log = (workdir / f"server-{max_batch}.log").open("wb")
-    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        _wait_ready(url, server)
-        load = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.loadgen",
-                url,
-                model,
-                "--clients",
-                str(args.clients),
-                "--seconds",
-                str(args.seconds),
-                "--input",
-                name,
-                "--output",
-                output,
-                "--shape",
-                ",".join(map(str, shape)),
-                "--datatype",
-                "FP32",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=True,
-        )
-        result: dict[str, Any] = json.loads(load.stdout)
-        metrics = httpx.get(url + "/metrics").text
-        result["inferences"] = _metric(metrics, "nv_inference_count")
-        result["executions"] = _metric(metrics, "nv_inference_exec_count")
-        return result
-    finally:
-        server.terminate()
-        server.wait(60)
-        log.close()
-
-
-def _wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the offload server exited with {server.returncode}")
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the offload server did not become ready")
-
-
-def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
-
-
-def summary(result: dict[str, Any]) -> dict[str, float]:
-    latencies = sorted(result["latencies_ms"])
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
-    return {
-        "rate": result["answered"] / result["seconds"],
-        "p50": statistics.median(latencies) if latencies else 0.0,
-        "p99": p99,
-        "failures": result["failures"],
-        "mean_batch": result["inferences"] / max(result["executions"], 1),
-    }
+    with serving(f"server-{max_batch}", argv, workdir, url + "/v2/health/ready"):
+        return load(url, url + "/metrics", model, args.clients, args.seconds)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="convnet224")
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--delay-ms", type=float, default=2.0, help="--max-queue-delay-ms")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="ONNX Runtime intra-op threads (server and raw loop)",
-    )
+    add_load_flags(p)  # --threads: the server's and the raw loop's
     args = p.parse_args()
     path, name, _, shape = MODELS[args.model]
     print(

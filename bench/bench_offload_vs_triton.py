@@ -17,64 +17,16 @@ always exits 0: benchmarks report, tests assert correctness.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import httpx
 import onnxruntime as ort
 
-from tests.compat.stacks import Batching, Server, foreign_server, offload_server
-
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = {
-    # name: (path, input, output, shape of one request)
-    "convnet224": (ROOT / "models/bench/convnet224.onnx", "input", "logits", [1, 224, 224, 3]),
-    "digits": (ROOT / "models/digits/cloud.onnx", "input", "probabilities", [1, 8, 8, 1]),
-}
-
-
-def load(server: Server, model: str, args: argparse.Namespace) -> dict[str, Any]:
-    _, name, output, shape = MODELS[model]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", server.url, model,
-         "--clients", str(args.clients), "--seconds", str(args.seconds),
-         "--input", name, "--output", output,
-         "--shape", ",".join(map(str, shape)), "--datatype", "FP32"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(done.stdout)
-    metrics = httpx.get(server.metrics_url, timeout=10).text
-    result["inferences"] = _metric(metrics, "nv_inference_count", model)
-    result["executions"] = _metric(metrics, "nv_inference_exec_count", model)
-    return result
-
-
-def _metric(text: str, name: str, model: str) -> float:
-    """A counter's value for ``model`` (Triton labels it ``model="..."``, as ours does)."""
-    for match in re.finditer(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE):
-        if f'model="{model}"' in match.group(1):
-            return float(match.group(2))
-    return float("nan")
-
-
-def summary(result: dict[str, Any]) -> dict[str, float]:
-    latencies = sorted(result["latencies_ms"])
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
-    return {
-        "rate": result["answered"] / result["seconds"],
-        "p50": statistics.median(latencies) if latencies else 0.0,
-        "p99": p99,
-        "failures": result["failures"],
-        "mean_batch": result["inferences"] / max(result["executions"], 1),
-    }
+from bench.harness import MODELS, add_load_flags, load, summary
+from tests.compat.stacks import Batching, foreign_server, offload_server
 
 
 def run_one(which: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
@@ -88,19 +40,14 @@ def run_one(which: str, args: argparse.Namespace, workdir: Path) -> dict[str, fl
         )
     server.start()
     try:
-        return summary(load(server, args.model, args))
+        return summary(load(server.url, server.metrics_url, args.model, args.clients, args.seconds))
     finally:
         server.stop()
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="convnet224")
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--delay-ms", type=float, default=2.0, help="max queue delay")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads")
+    add_load_flags(p)
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
     print(

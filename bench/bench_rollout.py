@@ -26,32 +26,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 
+from bench.harness import answers, wait_for
 from controlplane.broker import start_mosquitto
 from controlplane.cli import serve_argv
 from controlplane.demo import free_port
+from tests.e2e.processes import Process
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = ROOT / "models" / "rollout" / "big"
 INCUMBENT = ROOT / "models" / "digits" / "edge_fp32.tflite"
 TARGET_S = 60.0
-
-
-def wait_for(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"bench_rollout: timed out waiting for {what}")
 
 
 async def transfer_floor(url: str, count: int, concurrency: int = 50) -> float:
@@ -91,20 +79,18 @@ def run(workdir: Path, devices: int, rate: float) -> int:
     broker_port, cp_port = free_port(), free_port()
     broker_url = f"mqtt://127.0.0.1:{broker_port}"
     url = f"http://127.0.0.1:{cp_port}"
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = []
+    procs: list[Process] = []
 
-    def spawn(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (workdir / f"{name}.log").open("ab")
-        logs.append(log)
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
+    def spawn(name: str, argv: list[str]) -> Process:
+        proc = Process(name, argv, workdir)
+        proc.start()
         procs.append(proc)
         return proc
 
-    procs.append(start_mosquitto(workdir / "broker", broker_port))
+    broker = start_mosquitto(workdir / "broker", broker_port)
     try:
         cp = spawn("controlplane", serve_argv(broker_url, f"127.0.0.1:{cp_port}", workdir / "cp"))
-        wait_for("the control plane", lambda: httpx.get(url + "/healthz").status_code == 200, 60)
+        wait_for("the control plane", answers(url + "/healthz"), 60, cp)
         key = workdir / "release.pub"
         key.write_text(httpx.get(url + "/api/v1/keys/release").json()["public_key"])
         push = subprocess.run(
@@ -120,7 +106,7 @@ def run(workdir: Path, devices: int, rate: float) -> int:
         sha = json.loads(push.stdout)["artifacts"]["cpu"]["sha256"]
         floor = asyncio.run(transfer_floor(f"{url}/api/v1/artifacts/{sha}", devices))
 
-        spawn(
+        simulator = spawn(
             "simulator",
             [
                 sys.executable, "-m", "agent.simulator", "--broker", broker_url,
@@ -139,9 +125,12 @@ def run(workdir: Path, devices: int, rate: float) -> int:
                 >= devices
             ),
             300,
+            cp,
+            simulator,
         )
 
-        cp_proc = psutil.Process(cp.pid)
+        assert cp.proc is not None
+        cp_proc = psutil.Process(cp.proc.pid)
         cp_proc.cpu_percent(None)
         started = time.monotonic()
         rollout = httpx.post(
@@ -169,21 +158,19 @@ def run(workdir: Path, devices: int, rate: float) -> int:
         counts = body.get("devices", {})
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
+            proc.stop(timeout=30)
+        broker.terminate()
+        try:
+            broker.wait(30)
+        except subprocess.TimeoutExpired:
+            broker.kill()
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(f"devices: {devices}, artifact: {(BIG.with_suffix('.tflite')).stat().st_size} bytes")
     print(f"rollout {state}: devices by state {counts}")
-    print(f"transfer floor (1,000 GETs, 50 at a time): {floor:.1f} s")
+    print(f"transfer floor ({devices:,} GETs, 50 at a time): {floor:.1f} s")
     print(f"time to 100 %: {elapsed:.1f} s (target < {TARGET_S:.0f} s: "
           f"{'met' if state == 'completed' and elapsed < TARGET_S else 'NOT met'}); "
           f"{elapsed / floor:.1f}x the transfer floor")  # fmt: skip

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from controlplane import api
-from controlplane.errors import BadRequest, RangeNotSatisfiable, Refused, StoreError
+from controlplane.errors import BadRequest, Refused, StoreError
+from controlplane.http_errors import http_error, refused
 from controlplane.ingest import Ingestor
 from controlplane.metrics import Metrics
 from controlplane.registry import api as registry_api
@@ -78,9 +79,9 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={
-            HTTPException: _http_error,
+            HTTPException: http_error,
             BadRequest: _bad_request,
-            Refused: _refused,
+            Refused: refused,
             StoreError: _store_error,
             Exception: _internal_error,
         },
@@ -89,28 +90,9 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
     return app
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        message = f"not found: {request.url.path}"
-    elif exc.status_code == 405:
-        message = f"method {request.method} not allowed on {request.url.path}"
-    else:
-        message = str(exc.detail)
-    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
-
-
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
     return JSONResponse({"error": str(exc), "parameter": exc.parameter}, status_code=400)
-
-
-async def _refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Refused)
-    headers = {}
-    if isinstance(exc, RangeNotSatisfiable):
-        headers["Content-Range"] = f"bytes */{exc.size}"
-    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
             60,
         )
         print(f"control plane: {api}", flush=True)
+        release_key = workdir / "release.pub"  # the simulated devices trust this control plane
+        release_key.write_text(
+            httpx.get(f"{api}/api/v1/keys/release", timeout=5).json()["public_key"]
+        )
 
         stack.spawn(
             "fleet",
@@ -169,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                 "2",
                 "--data-dir",
                 str(workdir / "fleet"),
+                "--release-key",
+                str(release_key),
             ],
         )
         started = time.monotonic()
@@ -184,8 +191,16 @@ def run(args: argparse.Namespace) -> int:
             f"{time.monotonic() - started:.1f}s\n",
             flush=True,
         )
+        if args.rollout:
+            rollout_id = start_rollout(python, api)
+            print(
+                f"rollout:       digits-edge 2.0.0 pushed and rolling out in 3 waves "
+                f"(edgefleet rollout status {rollout_id} --server {api})\n",
+                flush=True,
+            )
         for label, path in [
             ("devices", "/api/v1/devices"),
+            ("rollouts", "/api/v1/rollouts"),
             ("one device", "/api/v1/devices/demo-000"),
             ("results", "/api/v1/results?limit=20"),
             ("metrics", "/metrics"),
@@ -213,6 +228,27 @@ def run(args: argparse.Namespace) -> int:
         print("stopped.", flush=True)
 
 
+def start_rollout(python: str, api: str) -> str:
+    """Push models/rollout/good.tflite as digits-edge 2.0.0 with the CLI and roll it out to the
+    demo fleet (waves of 10, 50, 100 %, 15 s of bake each): what an operator does."""
+    release = REPO / "models" / "rollout" / "good"
+    steps = [
+        ["models", "push", "digits-edge", "2.0.0", "--artifact", f"cpu={release}.tflite",
+         "--manifest", f"{release}.json"],
+        ["rollout", "start", "digits-edge:2.0.0", "--select", "site=demo", "--waves",
+         "10%,50%,100%", "--bake", "15s", "--min-sample", "20"],
+    ]  # fmt: skip
+    for step in steps:
+        done = subprocess.run(
+            [python, "-m", "controlplane", *step, "--server", api, "--json"],
+            capture_output=True, text=True, cwd=REPO, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"edgefleet {' '.join(step[:2])} failed: {done.stderr.strip()}")
+    rollout_id: str = json.loads(done.stdout)["id"]
+    return rollout_id
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -237,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--workdir", type=Path, default=REPO / ".demo", help="data and logs")
     p.add_argument("--keep", action="store_true", help="keep the data of the last run")
+    p.add_argument(
+        "--no-rollout",
+        dest="rollout",
+        action="store_false",
+        help="do not push digits-edge 2.0.0 and roll it out to the demo fleet",
+    )
     return p
 
 

@@ -6,6 +6,7 @@ ControlPlaneError
  │    └── StoreClosed  a request to a store that is not open (any more)
  ├── BadRequest      an API query parameter or path that is invalid: HTTP 400, names the parameter
  └── Refused         a request the API refuses with its own status (``status``) and a message
+      │                (the offload server's errors are Refused too: controlplane/offload/errors.py)
       ├── NotFound             404: no such model, release or artifact
       ├── Conflict             409: it contradicts what is stored (an immutable release)
       ├── TooLarge             413: a body past a configured limit
@@ -41,9 +42,14 @@ class BadRequest(ControlPlaneError, ValueError):
 
 
 class Refused(ControlPlaneError):
-    """A request refused with HTTP ``status`` and ``{"error": message}`` (the app's handler)."""
+    """A request refused with HTTP ``status`` and ``{"error": message}``
+    (:func:`controlplane.http_errors.refused`)."""
 
     status = 400
+
+    def headers(self) -> dict[str, str]:
+        """The headers the answer carries."""
+        return {}
 
 
 class NotFound(Refused):
@@ -64,3 +70,6 @@ class RangeNotSatisfiable(Refused):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}

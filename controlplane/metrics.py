@@ -118,7 +118,21 @@ class Histogram(_Metric):
         return out
 
 
-class Metrics:
+class Registry:
+    """A set of metrics, the attributes of a subclass, served together on one ``/metrics``."""
+
+    def all(self) -> list[_Metric]:
+        return [v for v in vars(self).values() if isinstance(v, _Metric)]
+
+    def render(self) -> str:
+        """The Prometheus text exposition (version 0.0.4) of every metric."""
+        lines: list[str] = []
+        for metric in self.all():
+            lines += metric.header() + metric.lines()
+        return "\n".join(lines) + "\n"
+
+
+class Metrics(Registry):
     """Every metric of the control plane. One instance per app, shared by ingest and the store."""
 
     def __init__(self) -> None:
@@ -159,16 +173,6 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "edgefleet_mqtt_connected", "1 while connected to the MQTT broker, else 0."
         )
-
-    def all(self) -> list[_Metric]:
-        return [v for v in vars(self).values() if isinstance(v, _Metric)]
-
-    def render(self) -> str:
-        """The Prometheus text exposition (version 0.0.4) of every metric."""
-        lines: list[str] = []
-        for metric in self.all():
-            lines += metric.header() + metric.lines()
-        return "\n".join(lines) + "\n"
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -8,28 +8,23 @@ it was made. It survives a restart of the agent. Bounds, per model: at most ``ma
 than it are dropped by :meth:`DeferredQueue.expire`, counted in ``expired_total``); a case the
 cloud refuses for good is dropped and counted in ``failed_total``. All three counters persist.
 
-One worker thread owns the connection (as the outbox's writer does), so the event loop never waits
+One worker thread owns the connection (:class:`agent.spool.Spool`), so the event loop never waits
 for a commit. Traffic here is the hard cases only, a few per second at most: no group commit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
-import sqlite3
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
-from agent.errors import OutboxError
+from agent.spool import Spool, count, transaction
 
-T = TypeVar("T")
 Counter = Literal["dropped_total", "expired_total", "failed_total"]
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE deferred (
@@ -79,30 +74,14 @@ class DeferredStats:
     failed_total: int
 
 
-class DeferredQueue:
+class DeferredQueue(Spool):
     """See the module docstring. ``open()`` before use, ``close()`` after."""
 
+    kind = "deferred queue"
+    schema = _SCHEMA
+
     def __init__(self, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
-        self.path = Path(path)
-        self.synchronous = synchronous
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
-
-    async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="deferred")
-        try:
-            await self._run(self._connect)
-        except BaseException:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-            raise
-
-    async def close(self) -> None:
-        if self._executor is None:
-            return
-        await self._run(self._disconnect)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        super().__init__(path, synchronous=synchronous)
 
     async def put(
         self, result_id: str, model: str, created_at: float, inputs: bytes, result: bytes,
@@ -136,48 +115,10 @@ class DeferredQueue:
 
     # --- on the worker thread ---------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise OutboxError(f"the deferred queue {self.path} is not open")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"deferred queue {self.path}: {exc}") from None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise OutboxError(f"the deferred queue {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise OutboxError(
-                    f"{self.path} was written by a newer agent (deferred queue schema {version}); "
-                    "upgrade the agent or move the file aside"
-                )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            if version == 0:
-                conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = 1; COMMIT;")
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     def _put(self, row: tuple[str, str, float, bytes, bytes], max_rows: int) -> int:
         conn = self._db()
         result_id, model, created_at, inputs, result = row
-        with _transaction(conn):
+        with transaction(conn):
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO deferred (result_id, model, created_at, next_at, inputs,"
                 " result) VALUES (?, ?, ?, ?, ?, ?)",
@@ -185,17 +126,17 @@ class DeferredQueue:
             ).rowcount
             if not inserted:
                 return 0
-            (count,) = conn.execute(
+            (rows,) = conn.execute(
                 "SELECT count(*) FROM deferred WHERE model = ?", (model,)
             ).fetchone()
-            over = int(count) - max_rows
+            over = int(rows) - max_rows
             if over > 0:
                 conn.execute(
                     "DELETE FROM deferred WHERE id IN (SELECT id FROM deferred WHERE model = ?"
                     " ORDER BY id LIMIT ?)",
                     (model, over),
                 )
-                _count(conn, "dropped_total", over)
+                count(conn, "dropped_total", over)
             return max(over, 0)
 
     def _due(self, now: float, limit: int) -> list[DeferredCase]:
@@ -212,10 +153,10 @@ class DeferredQueue:
 
     def _done(self, rowid: int, counter: Counter | None) -> None:
         conn = self._db()
-        with _transaction(conn):
+        with transaction(conn):
             deleted = conn.execute("DELETE FROM deferred WHERE id = ?", (rowid,)).rowcount
             if counter is not None and deleted:
-                _count(conn, counter, deleted)
+                count(conn, counter, deleted)
 
     def _retry_at(self, rowid: int, when: float) -> None:
         self._db().execute(
@@ -224,33 +165,17 @@ class DeferredQueue:
 
     def _expire(self, model: str, before: float) -> int:
         conn = self._db()
-        with _transaction(conn):
-            count = conn.execute(
+        with transaction(conn):
+            expired = conn.execute(
                 "DELETE FROM deferred WHERE model = ? AND created_at < ?", (model, before)
             ).rowcount
-            if count:
-                _count(conn, "expired_total", count)
-        return int(count)
+            if expired:
+                count(conn, "expired_total", expired)
+        return int(expired)
 
     def _stats(self) -> DeferredStats:
-        conn = self._db()
-        (depth,) = conn.execute("SELECT count(*) FROM deferred").fetchone()
-        counters = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        (depth,) = self._db().execute("SELECT count(*) FROM deferred").fetchone()
+        counters = self._counters()
         return DeferredStats(
             depth, counters["dropped_total"], counters["expired_total"], counters["failed_total"]
         )
-
-
-class _transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-def _count(conn: sqlite3.Connection, counter: Counter, n: int) -> None:
-    conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, counter))

@@ -4,27 +4,22 @@ A row is the input's bytes with what the control plane needs to file them: the r
 model and version, why it was kept, its content type and when the result was made. Bounded by
 ``max_rows`` and ``max_bytes``: a put past either drops the oldest rows (counted in
 ``dropped_total``) so a device that stays offline keeps the newest inputs and never fills its disk.
-The counters persist. One worker thread owns the connection (as the deferred queue's does), so
-the event loop never waits for a commit; traffic is a share of requests plus the hard cases, so
-there is no group commit. ``synchronous=NORMAL``: a kept input lost to a power cut is a sample
-less, not a result lost.
+The counters persist. One worker thread owns the connection (:class:`agent.spool.Spool`, as
+the deferred queue's does), so the event loop never waits for a commit; traffic is a share of
+requests plus the hard cases, so there is no group commit. ``synchronous=NORMAL``: a kept input
+lost to a power cut is a sample less, not a result lost.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-from agent.errors import OutboxError
+from agent.spool import Spool, count, transaction
 
-T = TypeVar("T")
 Counter = Literal["dropped_total", "uploaded_total", "rejected_total"]
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE samples (
@@ -74,31 +69,16 @@ def plan_drop(sizes: list[int], rows: int, total: int, max_rows: int, max_bytes:
     return drop
 
 
-class SampleSpool:
+class SampleSpool(Spool):
     """See the module docstring. ``open()`` before use, ``close()`` after."""
 
+    kind = "sample spool"
+    schema = _SCHEMA
+
     def __init__(self, path: Path, *, max_rows: int, max_bytes: int) -> None:
-        self.path = Path(path)
+        super().__init__(path, synchronous="NORMAL")
         self.max_rows = max_rows
         self.max_bytes = max_bytes
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
-
-    async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="samples")
-        try:
-            await self._run(self._connect)
-        except BaseException:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-            raise
-
-    async def close(self) -> None:
-        if self._executor is None:
-            return
-        await self._run(self._disconnect)
-        self._executor.shutdown(wait=True)
-        self._executor = None
 
     async def put(self, item: KeptInput) -> int:
         """Keep an input (a result id already here is left as it is); drop the oldest past the
@@ -117,48 +97,9 @@ class SampleSpool:
 
     # --- on the worker thread ---------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise OutboxError(f"the sample spool {self.path} is not open")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"sample spool {self.path}: {exc}") from None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise OutboxError(f"the sample spool {self.path} is not open")
-        return self._conn
-
-    def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise OutboxError(
-                    f"{self.path} was written by a newer agent (sample spool schema {version}); "
-                    "upgrade the agent or move the file aside"
-                )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            if version == 0:
-                conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = 1; COMMIT;")
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     def _put(self, item: KeptInput) -> int:
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO samples (result_id, model, model_version, reason,"
                 " content_type, created_at, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -167,12 +108,7 @@ class SampleSpool:
                     item.content_type, item.created_at, len(item.data), item.data,
                 ),
             ).rowcount  # fmt: skip
-            dropped = self._trim(conn) if inserted else 0
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return dropped
+            return self._trim(conn) if inserted else 0
 
     def _trim(self, conn: sqlite3.Connection) -> int:
         rows, total = conn.execute(_COUNT).fetchone()
@@ -182,7 +118,7 @@ class SampleSpool:
         drop = plan_drop([s for _, s in oldest], rows, total, self.max_rows, self.max_bytes)
         if drop:
             conn.execute("DELETE FROM samples WHERE id <= ?", (oldest[drop - 1][0],))
-            _count(conn, "dropped_total", drop)
+            count(conn, "dropped_total", drop)
         return drop
 
     def _oldest(self, limit: int) -> list[SpooledInput]:
@@ -195,24 +131,14 @@ class SampleSpool:
 
     def _done(self, rowid: int, counter: Counter) -> None:
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             if conn.execute("DELETE FROM samples WHERE id = ?", (rowid,)).rowcount:
-                _count(conn, counter, 1)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                count(conn, counter, 1)
 
     def _stats(self) -> SpoolStats:
-        conn = self._db()
-        depth, size = conn.execute(_COUNT).fetchone()
-        counters = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        depth, size = self._db().execute(_COUNT).fetchone()
+        counters = self._counters()
         return SpoolStats(
             depth, size, counters["dropped_total"], counters["uploaded_total"],
             counters["rejected_total"],
         )  # fmt: skip
-
-
-def _count(conn: sqlite3.Connection, counter: Counter, n: int) -> None:
-    conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, counter))

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from controlplane.argtypes import whole_number
 from controlplane.fleet.client import (
     SERVER_ENV,
     FleetClient,
@@ -52,35 +53,39 @@ def configure_export(sub: Any) -> None:
     )
     p.add_argument(
         "--max-batch-size",
-        type=_non_negative,
+        type=whole_number(0),
         default=None,
         metavar="N",
         help="largest batch (default 32 when the model batches, else 0: no batching)",
     )
     p.add_argument(
         "--max-queue-delay-us",
-        type=_non_negative,
+        type=whole_number(0),
         default=2000,
         metavar="US",
         help="dynamic batcher: longest wait to fill a batch (default 2000)",
     )
     p.add_argument(
         "--max-queue-size",
-        type=_non_negative,
+        type=whole_number(0),
         default=256,
         metavar="N",
         help="requests queued at most, then 503 (default 256; 0: unbounded)",
     )
     p.add_argument(
         "--preferred-batch-size",
-        type=_positive,
+        type=whole_number(1),
         action="append",
         default=[],
         metavar="N",
         help="a batch size the batcher prefers (repeat for more)",
     )
     p.add_argument(
-        "--instances", type=_positive, default=1, metavar="N", help="model instances (default 1)"
+        "--instances",
+        type=whole_number(1),
+        default=1,
+        metavar="N",
+        help="model instances (default 1)",
     )
     p.add_argument(
         "--kind",
@@ -90,23 +95,6 @@ def configure_export(sub: Any) -> None:
     )
     add_client_flags(p)
     p.set_defaults(handler=export_triton)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
-    return value
 
 
 def export_triton(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from controlplane.argtypes import number, whole_number
 from controlplane.errors import ConfigError
 
 log = logging.getLogger("controlplane.offload")
@@ -35,35 +36,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-batch",
-        type=_positive_int,
+        type=whole_number(1),
         default=32,
         metavar="N",
         help="most rows merged into one execution (default 32; 1 turns batching off)",
     )
     p.add_argument(
         "--max-queue-delay-ms",
-        type=_non_negative,
+        type=number(0),
         default=2.0,
         metavar="MS",
         help="how long the oldest request waits for its batch to fill (default 2)",
     )
     p.add_argument(
         "--max-queue",
-        type=_positive_int,
+        type=whole_number(1),
         default=256,
         metavar="N",
         help="requests that may wait per model; more get 503 (default 256)",
     )
     p.add_argument(
         "--threads",
-        type=_non_negative_int,
+        type=whole_number(0),
         default=0,
         metavar="N",
         help="ONNX Runtime intra-op threads per model (default 0: its own choice)",
     )
     p.add_argument(
         "--drain-grace",
-        type=_non_negative,
+        type=number(0),
         default=0.0,
         metavar="SECONDS",
         help="on SIGTERM, stay up answering not-ready at least this long (default 0)",
@@ -139,30 +140,3 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--listen {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8000")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value

@@ -1,6 +1,6 @@
 """Errors of the offload server, each with the HTTP status it is answered with.
 
-OffloadError (ControlPlaneError)
+OffloadError (controlplane.errors.Refused)
  ├── InvalidRequest    400: a body, input, shape, datatype or parameter that is wrong
  ├── ModelNotFound     404: no such model, or no such version of it
  ├── Unavailable       503 + Retry-After: the queue is full, or the server is draining
@@ -13,20 +13,23 @@ these as JSON ``{"error": "..."}``.
 
 from __future__ import annotations
 
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import NotFound, Refused
 
 
-class OffloadError(ControlPlaneError):
+class OffloadError(Refused):
     status = 500
     retry_after: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class InvalidRequest(OffloadError):
     status = 400
 
 
-class ModelNotFound(OffloadError):
-    status = 404
+class ModelNotFound(NotFound, OffloadError):
+    """404 (``NotFound``'s status), answered as an offload error."""
 
 
 class Unavailable(OffloadError):

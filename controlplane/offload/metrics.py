@@ -10,12 +10,12 @@ docs/offload.md; a test keeps that list and :meth:`OffloadMetrics.all` in step.
 
 from __future__ import annotations
 
-from controlplane.metrics import Counter, Gauge, _Metric
+from controlplane.metrics import Counter, Gauge, Registry
 
 LABELS = ("model", "version")
 
 
-class OffloadMetrics:
+class OffloadMetrics(Registry):
     def __init__(self) -> None:
         self.request_success = Counter(
             "nv_inference_request_success", "Inference requests answered 200.", LABELS
@@ -60,12 +60,3 @@ class OffloadMetrics:
             if isinstance(metric, Counter):
                 metric.inc(0, model, version)
         self.pending_request_count.set(0, model, version)
-
-    def all(self) -> list[_Metric]:
-        return [v for v in vars(self).values() if isinstance(v, _Metric)]
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.all():
-            lines += metric.header() + metric.lines()
-        return "\n".join(lines) + "\n"

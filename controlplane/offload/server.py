@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controlplane.errors import ConfigError
+from controlplane.http_errors import http_error, refused
 from controlplane.metrics import CONTENT_TYPE
 from controlplane.offload import oip
 from controlplane.offload.batcher import Batcher, BatchPolicy
@@ -128,7 +129,7 @@ def create_app(state: OffloadState) -> Starlette:
             *route("/infer", _infer, ["POST"]),
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, OffloadError: _offload_error},
+        exception_handlers={HTTPException: http_error, OffloadError: _offload_error},
     )
     app.state.offload = state
     return app
@@ -219,21 +220,9 @@ async def _infer(request: Request) -> Response:
 
 async def _offload_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OffloadError)
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     if exc.status >= 500 and not isinstance(exc, Unavailable):
         log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        message = f"not found: {request.url.path}"
-    elif exc.status_code == 405:
-        message = f"method {request.method} not allowed on {request.url.path}"
-    else:
-        message = str(exc.detail)
-    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+    return await refused(request, exc)
 
 
 class DrainingServer(uvicorn.Server):

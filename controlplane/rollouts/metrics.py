@@ -29,10 +29,10 @@ def measure(
 ) -> Measured:
     """The metrics of wave ``wave`` of the rollout (deployment rows must exist)."""
     params = {"rollout": rollout_id, "wave": wave, "model": model, "version": version}
-    results, offloaded, decided = conn.execute(
+    results, offloaded, decided, cloud_same, cloud_compared = conn.execute(
         f"""SELECT count(*),
                    count(*) FILTER (WHERE offload_decision IN ('offloaded', 'deferred')),
-                   count(offload_decision)
+                   count(offload_decision), count(*) FILTER (WHERE agree = 1), count(agree)
             FROM results WHERE device_id IN ({_WAVE})
             AND model = :model AND model_version = :version""",
         params,
@@ -94,6 +94,7 @@ def measure(
         ),
         "agreement": agreeing / shadow_samples if shadow_samples else None,
         "offload_rate": offloaded / decided if decided else None,  # devices with an offload tier
+        "cloud_agreement": cloud_same / cloud_compared if cloud_compared else None,
     }
     return Measured(samples=int(results) + shadow_samples, values=values)
 

@@ -19,18 +19,27 @@ METRICS: dict[str, str] = {
     "error_rate": "telemetry errors / inferences of the wave's devices since they activated",
     "latency_p95_ms": "telemetry p95 latency (ms) of the wave's devices since activation, "
     "inference-weighted mean",
-    "latency_ratio": "candidate / incumbent latency on the device (shadow p95s, else the smoke "
-    "test's means), median over the wave",
+    "latency_ratio": "candidate / incumbent latency on the device (the smoke test's means, else "
+    "shadow p95s), median over the wave",
     "confidence_shift": "Kolmogorov-Smirnov distance between the new and the incumbent "
     "release's top scores on the wave's devices",
     "agreement": "share of shadow samples where candidate and incumbent agree, sample-weighted",
-    "offload_rate": "share of inferences sent to the cloud tier (no data until offload exists)",
+    "offload_rate": "share of the new release's results that went to the cloud tier",
+    "cloud_agreement": "share of the new release's offloaded results where the cloud model "
+    "gave the same top class",
 }
 
 # Metrics that are shares: a threshold outside [0, 1] is a mistake (most likely a percentage
 # written without its "%"), so it is refused rather than left to never (or always) hold.
 _FRACTIONS = frozenset(
-    {"failure_rate", "error_rate", "confidence_shift", "agreement", "offload_rate"}
+    {
+        "failure_rate",
+        "error_rate",
+        "confidence_shift",
+        "agreement",
+        "offload_rate",
+        "cloud_agreement",
+    }
 )
 
 _DURATION = re.compile(

@@ -1,8 +1,10 @@
 """``scripts/demo`` end to end: a broker, the control plane and 20 simulated devices, all real
-processes; the API lists 20 online devices and their results; everything stops cleanly."""
+processes; the API lists 20 online devices and their results, a release rolls out to its canary
+wave; everything stops cleanly."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ def test_demo_brings_twenty_devices_online_and_stops_cleanly(tmp_path: Path, bro
         "--devices",
         "20",
         "--duration",
-        "3",
+        "12",
         "--workdir",
         str(tmp_path / "demo"),
         "--listen",
@@ -41,6 +43,13 @@ def test_demo_brings_twenty_devices_online_and_stops_cleanly(tmp_path: Path, bro
     stored = [int(line.split(", ")[1].split()[0]) for line in out.splitlines() if "stored" in line]
     assert stored and stored[-1] > 0, out
     assert out.rstrip().endswith("stopped."), out
+    # the demo pushed digits-edge 2.0.0 and its canary wave took it (over the real broker)
+    assert "rollout:       digits-edge 2.0.0 pushed" in out, out
+    states = [
+        json.loads(p.read_text())
+        for p in (tmp_path / "demo" / "fleet").glob("demo-*/models/digits-edge/state.json")
+    ]
+    assert any(st.get("active") for st in states), states
     expected = "mosquitto" if broker == "mosquitto" else "embedded amqtt broker"
     assert expected in out
     if broker == "embedded":

@@ -4,21 +4,17 @@ and leave the spool, a refusal is dropped and counted, a dead control plane keep
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
-import uvicorn
 
 from agent.samples.store import KeptInput, SampleSpool
 from agent.samples.uploader import Answer, Uploader, outcome, wait_s
-from controlplane.app import create_app
 from controlplane.settings import Settings
+from tests.live import live_control_plane
 from tests.mosquitto import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 40
@@ -52,28 +48,14 @@ def test_wait(failures: int, rand: float, retry_after: float | None, expected: f
 
 @pytest.fixture
 def control_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(logging, "raiseExceptions", False)
-    port = free_port()
-    settings = Settings(
-        broker="mqtt://127.0.0.1:1", data_dir=tmp_path / "cp", listen=f"127.0.0.1:{port}",
-        max_sample_bytes=100,
-    )  # fmt: skip
-    config = uvicorn.Config(
-        create_app(settings, mqtt=False), host="127.0.0.1", port=port, log_config=None,
-        access_log=False, lifespan="on",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    def settings(listen: str) -> Settings:
+        return Settings(
+            broker="mqtt://127.0.0.1:1", data_dir=tmp_path / "cp", listen=listen,
+            max_sample_bytes=100,
+        )  # fmt: skip
+
+    with live_control_plane(settings, monkeypatch) as url:
+        yield url
 
 
 def kept(result_id: str, data: bytes = PNG) -> KeptInput:

@@ -3,55 +3,25 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
-from controlplane.cli import main
 from controlplane.registry.keys import ReleaseKey
 from protocol.release import open_release
 from protocol.signing import public_key_from_text
 from tests.controlplane.registry.conftest import DIGITS, settings
+from tests.live import live_control_plane, run_cli
 from tests.mosquitto import free_port
 
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    # An earlier test's `edgefleet serve` may have pointed the root logger at a captured stream
-    # that is closed now: the server thread's log lines must not print a logging traceback.
-    monkeypatch.setattr(logging, "raiseExceptions", False)
-    port = free_port()
-    app = create_app(settings(tmp_path, listen=f"127.0.0.1:{port}"), mqtt=False)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert instance.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(30)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+    with live_control_plane(lambda listen: settings(tmp_path, listen=listen), monkeypatch) as url:
+        yield url
 
 
 def digits_push(server: str, version: str, *extra: str) -> list[str]:
@@ -64,13 +34,13 @@ def digits_push(server: str, version: str, *extra: str) -> list[str]:
 
 
 def test_push_list_show(capsys: pytest.CaptureFixture[str], server: str) -> None:
-    code, out, err = run(capsys, *digits_push(server, "1.0.0"))
+    code, out, err = run_cli(capsys, *digits_push(server, "1.0.0"))
     assert code == 0, err
     assert "cpu edge_fp32.tflite: uploaded 63.4 KiB" in err
     assert "digits:1.0.0" in out and "probabilities FP32 [1, 10]" in out
     assert "metric test_accuracy" in out and "3d853684728c" in out
 
-    code, out, err = run(capsys, *digits_push(server, "1.1.0", "--json"))
+    code, out, err = run_cli(capsys, *digits_push(server, "1.1.0", "--json"))
     assert code == 0, err
     assert "already in the registry" in err, "the same bytes are not uploaded twice"
     body = json.loads(out)
@@ -79,21 +49,21 @@ def test_push_list_show(capsys: pytest.CaptureFixture[str], server: str) -> None
     release = open_release(body["sealed"], public_key_from_text(key)).release
     assert [g.expected_index for g in release.golden] == [2, 5, 8]
 
-    code, out, err = run(capsys, *digits_push(server, "1.1.0", "--force"))
+    code, out, err = run_cli(capsys, *digits_push(server, "1.1.0", "--force"))
     assert code == 0 and "uploaded" in err, "--force uploads again; the same release is kept"
 
-    code, out, _ = run(capsys, "models", "list", "--server", server)
+    code, out, _ = run_cli(capsys, "models", "list", "--server", server)
     assert code == 0
     header, line = out.splitlines()
     assert header.split() == ["NAME", "LATEST", "SEQ", "RELEASES", "PUSHED"]
     assert line.split()[:4] == ["digits", "1.1.0", "2", "2"]
 
-    code, out, _ = run(capsys, "models", "show", "digits", "--server", server)
+    code, out, _ = run_cli(capsys, "models", "show", "digits", "--server", server)
     assert code == 0 and [ln.split()[0] for ln in out.splitlines()[1:]] == ["1.1.0", "1.0.0"]
-    code, out, _ = run(capsys, "models", "show", "digits:1.0.0", "--server", server, "--json")
+    code, out, _ = run_cli(capsys, "models", "show", "digits:1.0.0", "--server", server, "--json")
     assert code == 0 and json.loads(out)["seq"] == 1
 
-    code, _, err = run(capsys, "models", "show", "digits:7", "--server", server)
+    code, _, err = run_cli(capsys, "models", "show", "digits:7", "--server", server)
     assert code == 1 and "no release digits 7" in err and "HTTP 404" in err
 
 
@@ -102,7 +72,7 @@ def test_an_onnx_artifact_with_golden_inputs_beside_the_manifest(
 ) -> None:
     work = tmp_path / "model"
     shutil.copytree(DIGITS, work)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "models", "push", "digits-cloud", "2", "--server", server, "--json",
         "--artifact", f"onnx={work / 'cloud.onnx'}", "--manifest", str(work / "cloud.json"),
     )  # fmt: skip
@@ -127,7 +97,7 @@ def test_bad_inputs_fail_before_any_upload(
     ]
     for extra, *words in cases:
         argv = ["models", "push", "d", "1", "--server", server, "--artifact", f"cpu={model}"]
-        code, _, err = run(capsys, *argv, *extra)
+        code, _, err = run_cli(capsys, *argv, *extra)
         assert code == 1 and err.startswith("edgefleet models: error:"), err
         for word in words:
             assert word in err, (word, err)
@@ -141,7 +111,7 @@ def test_bad_inputs_fail_before_any_upload(
         (["--artifact", f"cpu={tmp_path / 'none.tflite'}"], "cannot read"),
         (["--artifact", f"cpu={model}", "--manifest", str(bad)], "golden[0]: no file"),
     ]:
-        code, _, err = run(capsys, "models", "push", "d", "1", "--server", server, *argv)
+        code, _, err = run_cli(capsys, "models", "push", "d", "1", "--server", server, *argv)
         assert code == 1 and word in err, err
     _nothing_stored(server)
 
@@ -151,18 +121,18 @@ def test_a_refused_push_prints_the_registry_s_reason(
 ) -> None:
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"definitely not a model")
-    code, _, err = run(capsys, "models", "push", "d", "1", "--server", server,
-                       "--artifact", f"cpu={junk}")  # fmt: skip
+    code, _, err = run_cli(capsys, "models", "push", "d", "1", "--server", server,
+                           "--artifact", f"cpu={junk}")  # fmt: skip
     assert code == 1 and "artifacts.cpu" in err and "not a model file" in err and "HTTP 400" in err
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
-    code, _, err = run(capsys, *digits_push(server, "1")[:-2], "--labels", str(labels))
+    code, _, err = run_cli(capsys, *digits_push(server, "1")[:-2], "--labels", str(labels))
     assert code == 1 and "3 labels for an output of 10 classes" in err, err
     _nothing_stored(server)
 
 
 def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "models", "list", "--server", f"http://127.0.0.1:{free_port()}")
+    code, _, err = run_cli(capsys, "models", "list", "--server", f"http://127.0.0.1:{free_port()}")
     assert code == 1 and "cannot reach the control plane" in err and len(err.splitlines()) == 1
 
 
@@ -171,8 +141,8 @@ def test_serve_refuses_a_release_key_others_may_read(
 ) -> None:
     key = ReleaseKey.load_or_create(tmp_path)
     key.path.chmod(0o644)
-    code, _, err = run(capsys, "serve", "--broker", "mqtt://127.0.0.1:1", "--data-dir",
-                       str(tmp_path), "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+    code, _, err = run_cli(capsys, "serve", "--broker", "mqtt://127.0.0.1:1", "--data-dir",
+                           str(tmp_path), "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
     last = err.splitlines()[-1]  # after the log lines of the store opening
     assert code == 1 and last.startswith("edgefleet serve: error: release key"), err
     assert "chmod 600" in last

@@ -4,55 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
-from controlplane.cli import main
 from tests.controlplane.registry.conftest import DIGITS, settings
 from tests.controlplane.registry.test_triton import PB2, parse
-from tests.mosquitto import free_port
+from tests.live import live_control_plane, run_cli
 
 CLOUD_SHA = hashlib.sha256((DIGITS / "cloud.onnx").read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(logging, "raiseExceptions", False)
-    port = free_port()
-    app = create_app(settings(tmp_path, listen=f"127.0.0.1:{port}"), mqtt=False)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert instance.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(30)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+    with live_control_plane(lambda listen: settings(tmp_path, listen=listen), monkeypatch) as url:
+        yield url
 
 
 def push(capsys: pytest.CaptureFixture[str], server: str, version: str, *artifacts: str) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "models", "push", "digits", version, "--server", server,
         *(f"--artifact={a}" for a in artifacts),
         "--manifest", str(DIGITS / "edge_fp32.json"), "--labels", str(DIGITS / "labels.txt"),
@@ -68,7 +39,7 @@ def test_export_a_release_as_a_triton_model(
     push(capsys, server, "1.0.0", f"cpu={DIGITS / 'edge_fp32.tflite'}",
          f"onnx={DIGITS / 'cloud.onnx'}")  # fmt: skip
     repo = tmp_path / "repo"
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "models", "export-triton", "digits:1.0.0", str(repo), "--server", server, "--json"
     )
     assert code == 0, err
@@ -86,7 +57,7 @@ def test_export_a_release_as_a_triton_model(
 
     # Again, with other settings and the latest release by default: the bytes are not fetched
     # twice, the config is rewritten.
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "models", "export-triton", "digits", str(repo), "--server", server,
         "--max-batch-size", "8", "--max-queue-delay-us", "100", "--kind", "gpu",
         "--instances", "2", "--preferred-batch-size", "4", "--model-name", "digits",
@@ -101,14 +72,18 @@ def test_export_a_release_as_a_triton_model(
 
     # A damaged copy on disk is fetched again.
     model_file.write_bytes(b"not the model")
-    code, _, err = run(capsys, "models", "export-triton", "digits", str(repo), "--server", server)
+    code, _, err = run_cli(
+        capsys, "models", "export-triton", "digits", str(repo), "--server", server
+    )
     assert code == 0 and "downloaded" in err
     assert hashlib.sha256(model_file.read_bytes()).hexdigest() == CLOUD_SHA
 
     # A second release goes in its own version directory, beside the first.
     push(capsys, server, "1.1.0", f"cpu={DIGITS / 'edge_fp32.tflite'}",
          f"onnx={DIGITS / 'cloud.onnx'}")  # fmt: skip
-    code, _, err = run(capsys, "models", "export-triton", "digits", str(repo), "--server", server)
+    code, _, err = run_cli(
+        capsys, "models", "export-triton", "digits", str(repo), "--server", server
+    )
     assert code == 0, err
     assert sorted(p.name for p in (repo / "digits").iterdir() if p.is_dir()) == ["1", "2"]
     assert "(seq 2)" in (repo / "digits" / "config.pbtxt").read_text()
@@ -126,16 +101,16 @@ def test_export_errors_are_one_line(
         ([":1"], "expected NAME or NAME:VERSION"),
     ]
     for argv, words in cases:
-        code, _, err = run(capsys, "models", "export-triton", *argv, repo, "--server", server)
+        code, _, err = run_cli(capsys, "models", "export-triton", *argv, repo, "--server", server)
         assert code == 1 and err.startswith("edgefleet models: error:") and words in err, err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "repo").exists()
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "models", "export-triton", "digits", repo, "--server", server,
         "--max-batch-size", "-1",
     )  # fmt: skip
     assert code == 2 and "expected 0 or more" in err
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "models", "export-triton", "digits", repo, "--server", "http://127.0.0.1:1"
     )
     assert code == 1 and "cannot reach the control plane" in err

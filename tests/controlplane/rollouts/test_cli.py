@@ -13,16 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from controlplane.app import create_app
-from controlplane.cli import main
 from controlplane.records import Incoming
 from controlplane.registry.keys import ReleaseKey
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.controlplane.rollouts.devices import PlayedDevice, add_release
-from tests.mosquitto import free_port
+from tests.live import live_control_plane, run_cli
 
 
 async def _seed(data_dir: Path) -> None:
@@ -39,38 +36,19 @@ async def _seed(data_dir: Path) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(logging, "raiseExceptions", False)  # see tests/controlplane/registry
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # the seed logs too: see tests/live.py
     data_dir = tmp_path / "data"
     asyncio.run(_seed(data_dir))
-    port = free_port()
-    settings = Settings(broker="mqtt://127.0.0.1:1", data_dir=data_dir, listen=f"127.0.0.1:{port}")
-    config = uvicorn.Config(
-        create_app(settings, mqtt=False), host="127.0.0.1", port=port, log_config=None,
-        access_log=False, lifespan="on",
-    )  # fmt: skip
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert instance.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(30)
 
+    def settings(listen: str) -> Settings:
+        return Settings(broker="mqtt://127.0.0.1:1", data_dir=data_dir, listen=listen)
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+    with live_control_plane(settings, monkeypatch) as url:
+        yield url
 
 
 def test_start_list_status_and_actions(capsys: pytest.CaptureFixture[str], server: str) -> None:
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "rollout", "start", "digits:2", "--server", server, "--select", "site=lab",
         "--waves", "34%,100%", "--bake", "0", "--gate", "error_rate<0.02", "--min-sample", "0",
         "--on-halt", "pause", "--device-timeout", "5m", "--max-per-minute", "10",
@@ -86,30 +64,30 @@ def test_start_list_status_and_actions(capsys: pytest.CaptureFixture[str], serve
     assert stored["device_timeout_s"] == 300 and stored["max_per_minute"] == 10
     assert stored["shadow"] == {"samples": 20, "share": 0.2}
 
-    code, out, _ = run(capsys, "rollout", "list", "--server", server)
+    code, out, _ = run_cli(capsys, "rollout", "list", "--server", server)
     assert code == 0
     header, line = out.splitlines()
     assert header.split()[:4] == ["ID", "RELEASE", "STATE", "WAVE"]
     assert line.split()[:4] == [rid, "digits:2", "running", "1/2"]
 
-    code, out, _ = run(capsys, "rollout", "status", rid, "--server", server)
+    code, out, _ = run_cli(capsys, "rollout", "status", rid, "--server", server)
     assert code == 0
     assert f"rollout {rid}: digits:2 (seq 1) to site=lab" in out
     assert "error_rate<0.02" in out and "cam-0" in out and "pending" in out
-    code, out, _ = run(capsys, "rollout", "status", rid, "--server", server, "--json")
+    code, out, _ = run_cli(capsys, "rollout", "status", rid, "--server", server, "--json")
     assert code == 0 and len(json.loads(out)["deployments"]) == 3
 
-    code, out, _ = run(capsys, "rollout", "pause", rid, "--server", server)
+    code, out, _ = run_cli(capsys, "rollout", "pause", rid, "--server", server)
     assert code == 0 and out.strip() == f"rollout {rid}: paused"
-    code, _, err = run(capsys, "rollout", "pause", rid, "--server", server)
+    code, _, err = run_cli(capsys, "rollout", "pause", rid, "--server", server)
     assert code == 1 and "cannot pause" in err and "HTTP 409" in err and len(err.splitlines()) == 1
-    code, out, _ = run(capsys, "rollout", "resume", rid, "--server", server, "--json")
+    code, out, _ = run_cli(capsys, "rollout", "resume", rid, "--server", server, "--json")
     assert code == 0 and json.loads(out)["state"] == "running"
-    code, _, err = run(capsys, "rollout", "start", "digits:2", "--server", server)
+    code, _, err = run_cli(capsys, "rollout", "start", "digits:2", "--server", server)
     assert code == 1 and "one rollout per model" in err
-    code, out, _ = run(capsys, "rollout", "abort", rid, "--server", server)
+    code, out, _ = run_cli(capsys, "rollout", "abort", rid, "--server", server)
     assert code == 0 and "aborted" in out
-    code, _, err = run(capsys, "rollout", "rollback", "nope", "--server", server)
+    code, _, err = run_cli(capsys, "rollout", "rollback", "nope", "--server", server)
     assert code == 1 and "no rollout 'nope'" in err
 
 
@@ -128,7 +106,7 @@ def test_start_list_status_and_actions(capsys: pytest.CaptureFixture[str], serve
 def test_start_mistakes_are_one_line(
     capsys: pytest.CaptureFixture[str], server: str, argv: list[str], words: list[str]
 ) -> None:
-    code, _, err = run(capsys, "rollout", "start", *argv, "--server", server)
+    code, _, err = run_cli(capsys, "rollout", "start", *argv, "--server", server)
     assert code == 1 and len(err.splitlines()) == 1
     for word in words:
         assert word in err, (word, err)
@@ -148,24 +126,24 @@ def test_wait_follows_until_the_end_and_fails_unless_completed(
 
     operator = threading.Thread(target=abort_when_running)
     operator.start()
-    code, out, err = run(capsys, "rollout", "start", "digits:2", "--server", server, "--wait")
+    code, out, err = run_cli(capsys, "rollout", "start", "digits:2", "--server", server, "--wait")
     operator.join()
     assert code == 1, "aborted is not completed"
     assert "started" in err and ": aborted" in err and "state aborted" in out
 
 
 def test_devices_tag(capsys: pytest.CaptureFixture[str], server: str) -> None:
-    code, out, err = run(capsys, "devices", "tag", "cam-1", "hw=coral", "--server", server)
+    code, out, err = run_cli(capsys, "devices", "tag", "cam-1", "hw=coral", "--server", server)
     assert code == 0, err
     assert out.strip() == "cam-1: tags hw=coral,site=lab"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "devices", "tag", "cam-1", "--remove", "site", "--server", server, "--json"
     )
     body = json.loads(out)
     assert code == 0 and body["tags"] == {"hw": "coral"} and body["reported_tags"]["site"] == "lab"
-    code, _, err = run(capsys, "devices", "tag", "cam-1", "hw", "--server", server)
+    code, _, err = run_cli(capsys, "devices", "tag", "cam-1", "hw", "--server", server)
     assert code == 1 and "KEY=VALUE" in err
-    code, _, err = run(capsys, "devices", "tag", "cam-1", "--server", server)
+    code, _, err = run_cli(capsys, "devices", "tag", "cam-1", "--server", server)
     assert code == 1 and "nothing to do" in err
-    code, _, err = run(capsys, "devices", "tag", "ghost", "a=b", "--server", server)
+    code, _, err = run_cli(capsys, "devices", "tag", "ghost", "a=b", "--server", server)
     assert code == 1 and "unknown device 'ghost'" in err

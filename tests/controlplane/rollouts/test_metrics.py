@@ -12,7 +12,15 @@ from controlplane.records import Incoming
 from controlplane.rollouts import metrics
 from controlplane.rollouts.metrics import measure
 from controlplane.store import Store
-from protocol.messages import ClassScore, InferenceResult, LatencySummary, ResultBatch, Telemetry
+from protocol.messages import (
+    ClassScore,
+    CloudAnswer,
+    InferenceResult,
+    LatencySummary,
+    Offload,
+    ResultBatch,
+    Telemetry,
+)
 
 T0 = time.time() - 1000
 
@@ -89,3 +97,24 @@ async def test_a_wave_without_data_has_none(store: Store) -> None:
     measured = await store.transact(measure, "r", "digits", "2", 1)
     assert measured.samples == 0
     assert all(v is None for v in measured.values.values()), measured.values
+
+
+async def test_offload_rate_and_cloud_agreement(store: Store) -> None:
+    cloud = CloudAnswer(model="digits-cloud", classes=[ClassScore(index=1, score=0.9)],
+                        latency_ms=5.0)  # fmt: skip
+    other = CloudAnswer(model="digits-cloud", classes=[ClassScore(index=7, score=0.9)],
+                        latency_ms=5.0)  # fmt: skip
+
+    def offloaded(answer: CloudAnswer | None, decision: str = "offloaded") -> InferenceResult:
+        r = result("2", 0.5)
+        agree = None if answer is None else answer.classes == [ClassScore(index=1, score=0.9)]
+        return r.model_copy(
+            update={"offload": Offload(decision=decision, cloud=answer, agree=agree)}
+        )
+
+    batch = [offloaded(cloud), offloaded(cloud), offloaded(other), offloaded(None, "local")]
+    await store.write(Incoming("a", time.time(), ResultBatch(device_id="a", results=batch)))
+    await store.transact(deployments)
+    values = (await store.transact(measure, "r", "digits", "2", 0)).values
+    assert values["offload_rate"] == pytest.approx(3 / 4)
+    assert values["cloud_agreement"] == pytest.approx(2 / 3)
