@@ -177,6 +177,21 @@ async def test_an_open_breaker_defers_without_calling(
         assert len(cloud.seen) == calls
 
 
+async def test_the_drain_rests_while_the_breaker_is_open(
+    tmp_path: Path, cloud: FakeCloud, outbox: Outbox, edge: ServedModel
+) -> None:
+    async for off in make(tmp_path, cloud, outbox, max_attempts=1):
+        cloud.down = True
+        out = await local(edge)
+        for i in range(3):  # two failures open the breaker; the third is deferred by it
+            await off.process(out.result.model_copy(update={"result_id": f"r{i}"}), out.inputs)
+        calls = len(cloud.seen)
+        assert await off.drain_once() == 0  # refused untried: nothing written, nothing called
+        assert len(cloud.seen) == calls
+        due = await off.queue.due(now=1e12, limit=10)
+        assert len(due) == 3 and all(case.attempts == 0 for case in due)
+
+
 async def test_a_refused_case_is_not_deferred(
     tmp_path: Path, cloud: FakeCloud, outbox: Outbox, edge: ServedModel
 ) -> None:
