@@ -196,8 +196,12 @@ def open_desired(payload: bytes, key: Ed25519PublicKey) -> Desired:
 class SmokeStats(_Doc):
     passed: int = Field(ge=0)
     total: int = Field(ge=0)
-    candidate_ms: float | None = Field(None, description="Mean latency of the new release.")
-    incumbent_ms: float | None = Field(None, description="Mean latency of the one it replaces.")
+    candidate_ms: float | None = Field(
+        None, description="Median latency of the new release on the golden inputs."
+    )
+    incumbent_ms: float | None = Field(
+        None, description="Median latency of the one it replaces, timed in turns with it."
+    )
 
 
 class ShadowStats(_Doc):

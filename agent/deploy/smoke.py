@@ -20,8 +20,11 @@ from agent.postprocess import classify
 from protocol.manifest import ClassificationPostprocess
 from protocol.release import GoldenCase, Release, SmokeStats
 
-TIMING_ROUNDS = 3
-"""Times each golden input runs on each model for the latency means (after the checked run)."""
+TIMING_ROUNDS = 5
+"""Times each golden input runs on each model for the latency medians (after the checked run).
+The two models take turns, input by input, so that a burst of load on the device falls on both
+alike; medians, so that one slow run does not decide (measured: means of three back-to-back runs
+put two equally fast models 2.1x apart on a loaded machine, and halted a good release)."""
 
 
 @dataclass(frozen=True)
@@ -105,23 +108,35 @@ async def smoke_test(
             passed += 1
         else:
             failures.append(why)
+    candidate_ms, incumbent_ms = await _median_ms(candidate, incumbent, inputs)
     stats = SmokeStats(
         passed=passed,
         total=len(release.golden),
-        candidate_ms=await _mean_ms(candidate, inputs),
-        incumbent_ms=await _mean_ms(incumbent, inputs) if incumbent is not None else None,
+        candidate_ms=candidate_ms,
+        incumbent_ms=incumbent_ms,
     )
     return SmokeOutcome(stats, failures)
 
 
-async def _mean_ms(served: ServedModel, inputs: Sequence[bytes]) -> float | None:
-    if not inputs or not served.accepts_images:
-        return None
-    times = []
+async def _median_ms(
+    candidate: ServedModel, incumbent: ServedModel | None, inputs: Sequence[bytes]
+) -> tuple[float | None, float | None]:
+    """Median latency of each model on ``inputs``, the two taking turns."""
+    models = [m for m in (candidate, incumbent) if m is not None and m.accepts_images]
+    if not inputs or candidate not in models:
+        return None, None
+    times: dict[int, list[float]] = {id(m): [] for m in models}
     try:
         for _ in range(TIMING_ROUNDS):
             for data in inputs:
-                times.append((await served.infer_image(data)).result.latency_ms)
+                for served in models:
+                    times[id(served)].append((await served.infer_image(data)).result.latency_ms)
     except AgentError:
-        return None
-    return round(statistics.fmean(times), 4)
+        return None, None
+
+    def median(served: ServedModel | None) -> float | None:
+        if served is None or id(served) not in times:
+            return None
+        return round(statistics.median(times[id(served)]), 4)
+
+    return median(candidate), median(incumbent)

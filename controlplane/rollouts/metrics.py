@@ -51,7 +51,7 @@ def measure(
            WHERE rollout_id = :rollout AND wave = :wave AND state = 'active'""",
         params,
     ):
-        # The smoke test's ratio first: both models on the same inputs, back to back. Shadow
+        # The smoke test's ratio first: both models on the same inputs, in turns. Shadow
         # p95s come from live traffic at different moments (measured: 2.5x for two equally fast
         # models on a busy machine), so they are the fallback.
         ratio = None

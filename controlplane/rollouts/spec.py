@@ -19,7 +19,7 @@ METRICS: dict[str, str] = {
     "error_rate": "telemetry errors / inferences of the wave's devices since they activated",
     "latency_p95_ms": "telemetry p95 latency (ms) of the wave's devices since activation, "
     "inference-weighted mean",
-    "latency_ratio": "candidate / incumbent latency on the device (the smoke test's means, else "
+    "latency_ratio": "candidate / incumbent latency on the device (the smoke test's medians, else "
     "shadow p95s), median over the wave",
     "confidence_shift": "Kolmogorov-Smirnov distance between the new and the incumbent "
     "release's top scores on the wave's devices",
