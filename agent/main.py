@@ -1,7 +1,8 @@
 """``edgefleet-agent``: the device daemon's command line.
 
 ``edgefleet-agent [flags]`` serves the configured models on the local API and uplinks results;
-``edgefleet-agent simulate ...`` runs a simulated fleet (see :mod:`agent.simulator`).
+``edgefleet-agent simulate ...`` runs a simulated fleet (see :mod:`agent.simulator`);
+``edgefleet-agent install-service ...`` writes the systemd unit (see :mod:`agent.service`).
 Errors in the configuration or the model are reported in one line, with exit status 2.
 """
 
@@ -22,6 +23,7 @@ from agent.config import AgentSettings, add_flags, load_settings
 from agent.daemon import Agent, load_models
 from agent.deploy.keys import load_release_key
 from agent.errors import AgentError
+from agent.systemd import Notifier
 from agent.telemetry import HostProbe
 from protocol.errors import ProtocolError
 
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgefleet-agent",
         description="Serve ML models on this device and send the results to the control plane. "
-        "Run `edgefleet-agent simulate --help` for the fleet simulator.",
+        "Run `edgefleet-agent simulate --help` for the fleet simulator and "
+        "`edgefleet-agent install-service --help` for the systemd unit.",
     )
     parser.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
     add_flags(parser)
@@ -64,16 +67,23 @@ async def serve(settings: AgentSettings) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = settings.listen_address
+    notifier = Notifier()  # systemd (Type=notify, WatchdogSec=); a no-op elsewhere
+    pinger: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info("listening on http://%s:%s (device %s)", host, bound, settings.device_id)
+        notifier.ready(f"listening on {host}:{bound}")
+        pinger = asyncio.create_task(notifier.watchdog())
         await stop.wait()
         log.info("stopping")
     except OSError as exc:
         raise AgentError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     finally:
+        notifier.stopping()
+        if pinger is not None:
+            pinger.cancel()
         await runner.cleanup()
         await agent.stop()
         for served in agent.models.values():
@@ -88,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.simulator import main as simulate
 
         return simulate(args_list[1:])
+    if args_list[:1] == ["install-service"]:
+        from agent.service import main as install_service
+
+        return install_service(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         settings = load_settings(args)
