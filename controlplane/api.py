@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from controlplane import fleet_metrics
 from controlplane.agreement import query_agreement
 from controlplane.errors import BadRequest, StoreClosed
 from controlplane.metrics import CONTENT_TYPE, Metrics
@@ -221,13 +222,13 @@ async def metrics(request: Request) -> Response:
     m.store_queue_depth.set(ctx.store.queue_depth if ctx.store.is_open else 0)
     m.mqtt_connected.set(1 if ctx.ingestor is not None and ctx.ingestor.connected else 0)
     try:
-        counts = await ctx.store.device_counts(
-            now=ctx.clock(), offline_after_s=ctx.settings.offline_after_s
+        snap = await ctx.store.read(
+            fleet_metrics.snapshot, ctx.clock(), ctx.settings.offline_after_s
         )
     except StoreClosed:
-        counts = {}
-    for state, n in counts.items():
-        m.devices.set(n, state)
+        pass  # the fleet gauges keep their last values
+    else:
+        fleet_metrics.apply(m, snap)
     return Response(m.render(), media_type=CONTENT_TYPE)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CHANNELS = ("status", "telemetry", "results")
@@ -79,6 +79,13 @@ class Gauge(_Valued):
     def set(self, value: float, *labels: str) -> None:
         with self._lock:
             self._values[tuple(labels)] = float(value)
+
+    def replace(self, values: Mapping[tuple[str, ...], float]) -> None:
+        """Set every series at once: label values not in ``values`` disappear from the scrape
+        (a gauge computed from the store at scrape time must not keep stale series)."""
+        fresh = {tuple(k): float(v) for k, v in values.items()}
+        with self._lock:
+            self._values = fresh
 
 
 class Histogram(_Metric):
@@ -172,6 +179,32 @@ class Metrics(Registry):
         )
         self.mqtt_connected = Gauge(
             "edgefleet_mqtt_connected", "1 while connected to the MQTT broker, else 0."
+        )
+        # Fleet gauges, read from the store at scrape time (controlplane/fleet_metrics.py).
+        self.devices_by_release = Gauge(
+            "edgefleet_devices_by_release",
+            "Known devices by the model releases they report running.", ["model", "version"],
+        )  # fmt: skip
+        self.devices_by_backend = Gauge(
+            "edgefleet_devices_by_backend", "Known devices by inference backend.", ["backend"]
+        )
+        self.devices_fallback = Gauge(
+            "edgefleet_devices_fallback",
+            "Online devices whose backend fell back (an accelerator missing or failing).",
+        )
+        self.rollouts = Gauge("edgefleet_rollouts", "Rollouts by state.", ["state"])
+        self.rollout_devices = Gauge(
+            "edgefleet_rollout_devices",
+            "Devices of each active rollout by deployment state.",
+            ["rollout", "model", "version", "state"],
+        )  # fmt: skip
+        self.ingest_lag = Gauge(
+            "edgefleet_ingest_lag_seconds",
+            "Seconds since the newest result was received (absent before the first).",
+        )
+        self.outbox_oldest_age_max = Gauge(
+            "edgefleet_outbox_oldest_age_seconds_max",
+            "Oldest unsent outbox entry's age, max over online devices' latest telemetry.",
         )
 
 
