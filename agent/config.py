@@ -110,7 +110,12 @@ class AgentSettings(_Section):
         description="Raw outputs up to this many values are kept in full, else digested.",
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Reported in the birth message.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level at start; SIGUSR1/SIGUSR2 change it while running."
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line on stdout; text: plain lines on stderr."
+    )
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)

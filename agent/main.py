@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from agent import __version__
+from agent import __version__, logs
 from agent.api import create_app
 from agent.config import AgentSettings, add_flags, load_settings
 from agent.daemon import Agent, load_models
@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(settings: AgentSettings) -> None:
-    """Run until SIGINT or SIGTERM, then stop serving, publish offline and flush the outbox."""
+    """Run until SIGINT or SIGTERM, then stop serving, publish offline and flush the outbox.
+
+    SIGUSR1 makes the log one level more verbose, SIGUSR2 one level less (see agent.logs).
+    """
     if not settings.models:
         raise AgentError("no model to serve: pass --model PATH or add [[models]] to the config")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,8 @@ async def serve(settings: AgentSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, logs.step, -1, "SIGUSR1")  # more verbose
+    loop.add_signal_handler(signal.SIGUSR2, logs.step, 1, "SIGUSR2")  # less verbose
     await agent.start()
     app = create_app(
         agent.models,
@@ -108,11 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AgentError, ProtocolError) as exc:
         print(f"edgefleet-agent: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format, settings.device_id)
     try:
         asyncio.run(serve(settings))
     except (AgentError, ProtocolError, ValueError) as exc:
