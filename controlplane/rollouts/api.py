@@ -21,6 +21,7 @@ from starlette.routing import Route
 from controlplane.api import Context, check_known, not_found, parse_device_id
 from controlplane.errors import BadRequest
 from controlplane.rollouts import store as queries
+from controlplane.rollouts import views
 from controlplane.rollouts.spec import (
     DEFAULT_GATES,
     parse_duration,
@@ -222,14 +223,14 @@ async def list_rollouts(request: Request) -> Response:
     state = q.get("state")
     if state is not None and state not in STATES:
         raise BadRequest("state", f"expected one of {', '.join(STATES)}, got {state!r}")
-    rollouts = await ctx.store.read(queries.query_rollouts, state)
+    rollouts = await ctx.store.read(views.query_rollouts, state)
     return JSONResponse({"rollouts": rollouts, "count": len(rollouts)})
 
 
 async def get_rollout(request: Request) -> Response:
     ctx = _ctx(request)
     check_known(request.query_params.keys(), ())
-    rollout = await ctx.store.read(queries.rollout_detail, request.path_params["id"])
+    rollout = await ctx.store.read(views.rollout_detail, request.path_params["id"])
     return JSONResponse(rollout)
 
 

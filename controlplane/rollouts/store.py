@@ -70,7 +70,7 @@ def new_id() -> str:
 # -- rows ------------------------------------------------------------------------------------------
 
 
-def _loads(text: str | None) -> Any:
+def loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
@@ -81,7 +81,7 @@ def _dumps(value: Any) -> str | None:
 def rollout_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row is not a mapping)
     for key in ("selector", "waves", "gates", "shadow", "halt", "evaluation", "history"):
-        out[key] = _loads(out[key])
+        out[key] = loads(out[key])
     out["gates"] = [_gate_text(g) for g in out["gates"]]
     return out
 
@@ -116,7 +116,7 @@ def fleet(conn: sqlite3.Connection) -> list[Device]:
         out.append(
             Device(
                 row["id"],
-                effective_tags(json.loads(row["tags"] or "{}"), _loads(row["tag_overrides"])),
+                effective_tags(json.loads(row["tags"] or "{}"), loads(row["tag_overrides"])),
                 accelerator_kind(json.loads(row["accelerators"] or "[]")),
                 {m["name"]: m["version"] for m in models if "name" in m and "version" in m},
             )
@@ -181,7 +181,7 @@ def act(conn: sqlite3.Connection, rollout_id: str, action: str, now: float) -> d
     ``resume`` of a halted rollout is the operator overriding the halt: the halted wave counts as
     passed and the next wave starts.
     """
-    row = _rollout_row(conn, rollout_id)
+    row = rollout_row(conn, rollout_id)
     allowed, target = ACTIONS[action]
     if row["state"] not in allowed:
         raise Conflict(
@@ -192,7 +192,7 @@ def act(conn: sqlite3.Connection, rollout_id: str, action: str, now: float) -> d
     entry: dict[str, Any] = {"at": now, "action": action, "from": row["state"]}
     if action == "resume" and row["state"] == "halted":
         waves = json.loads(row["waves"])
-        entry["override"] = _loads(row["halt"])
+        entry["override"] = loads(row["halt"])
         changes["halt"] = None
         if row["current_wave"] + 1 < len(waves):
             changes.update(
@@ -204,7 +204,7 @@ def act(conn: sqlite3.Connection, rollout_id: str, action: str, now: float) -> d
     return get_rollout(conn, rollout_id)
 
 
-def _rollout_row(conn: sqlite3.Connection, rollout_id: str) -> sqlite3.Row:
+def rollout_row(conn: sqlite3.Connection, rollout_id: str) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM rollouts WHERE id = ?", [rollout_id]).fetchone()
     if row is None:
         raise NotFound(f"no rollout {rollout_id!r} (edgefleet rollout list)")
@@ -299,7 +299,7 @@ def _apply(
             "gates": [_gate_text(g) for g in json.loads(row["gates"])],
             "metrics": _metrics_dict(plan),
         }  # fmt: skip
-        if plan.verdict.decision != "wait" or _loads(row["evaluation"]) != evaluation:
+        if plan.verdict.decision != "wait" or loads(row["evaluation"]) != evaluation:
             changes["evaluation"] = evaluation
         if plan.verdict.decision != "wait":
             entry = {k: v for k, v in evaluation.items() if k != "gates"}
@@ -336,7 +336,7 @@ def _dispatch(
     entry = {
         "model": model, "release": stored.sealed, "target": dispatch.target,
         "artifact_url": f"{public_url}/api/v1/artifacts/{artifact['sha256']}",
-        "rollout_id": rollout_id, "rollback": False, "shadow": _loads(row["shadow"]),
+        "rollout_id": rollout_id, "rollback": False, "shadow": loads(row["shadow"]),
     }  # fmt: skip
     current = _desired(conn, device_id)
     generation = write_desired(conn, device_id, current, entry, now)
@@ -364,7 +364,7 @@ def _roll_back(conn: sqlite3.Connection, row: sqlite3.Row, device_id: str, now: 
         "SELECT previous, previous_version FROM deployments WHERE rollout_id = ? AND device_id = ?",
         [rollout_id, device_id],
     ).fetchone()
-    previous = _loads(dep["previous"])
+    previous = loads(dep["previous"])
     if previous is None:
         entry: dict[str, Any] = {"model": model, "release": None}
     else:
@@ -490,12 +490,12 @@ def apply_report(
     return True
 
 
-# -- reads -----------------------------------------------------------------------------------------
+# -- the rollout as writes answer it (the API's other reads: views.py) ----------------------------
 
 
 def get_rollout(conn: sqlite3.Connection, rollout_id: str) -> dict[str, Any]:
     """The rollout with a per-state count of its devices; NotFound."""
-    out = rollout_dict(_rollout_row(conn, rollout_id))
+    out = rollout_dict(rollout_row(conn, rollout_id))
     counts: dict[str, int] = {}
     for state, n in conn.execute(
         "SELECT state, count(*) FROM deployments WHERE rollout_id = ? GROUP BY state",
@@ -503,48 +503,6 @@ def get_rollout(conn: sqlite3.Connection, rollout_id: str) -> dict[str, Any]:
     ):
         counts[state] = n
     out["devices"] = counts
-    return out
-
-
-def query_rollouts(conn: sqlite3.Connection, state: str | None) -> list[dict[str, Any]]:
-    sql = "SELECT id FROM rollouts"
-    params: list[Any] = []
-    if state is not None:
-        sql += " WHERE state = ?"
-        params.append(state)
-    ids = [r[0] for r in conn.execute(sql + " ORDER BY created_at DESC", params)]
-    return [get_rollout(conn, i) for i in ids]
-
-
-def rollout_detail(conn: sqlite3.Connection, rollout_id: str) -> dict[str, Any]:
-    """The rollout, each wave (device counts by state, its evaluation) and each device."""
-    out = get_rollout(conn, rollout_id)
-    devices = []
-    waves: list[dict[str, Any]] = [
-        {"wave": i, "share": share, "devices": 0, "states": {}, "evaluation": None}
-        for i, share in enumerate(out["waves"])
-    ]
-    for r in conn.execute(
-        """SELECT device_id, wave, state, kind, target, attempts, generation, detail,
-             dispatched_at, activated_at, updated_at, previous_version, smoke, shadow
-           FROM deployments WHERE rollout_id = ? ORDER BY wave, device_id""",
-        [rollout_id],
-    ):
-        item = {k: r[k] for k in r.keys()}  # noqa: SIM118
-        item["smoke"], item["shadow"] = _loads(item["smoke"]), _loads(item["shadow"])
-        devices.append(item)
-        if 0 <= r["wave"] < len(waves):
-            w = waves[r["wave"]]
-            w["devices"] += 1
-            w["states"][r["state"]] = w["states"].get(r["state"], 0) + 1
-    for entry in out["history"]:
-        if "wave" in entry and 0 <= entry["wave"] < len(waves):
-            waves[entry["wave"]]["evaluation"] = entry
-    current = out.get("evaluation")
-    if current and 0 <= current["wave"] < len(waves):
-        waves[current["wave"]]["evaluation"] = current
-    out["waves_detail"] = waves
-    out["deployments"] = devices
     return out
 
 
@@ -563,7 +521,7 @@ def set_tags(
     ).fetchone()
     if row is None:
         return None
-    overrides: dict[str, str | None] = dict(_loads(row["tag_overrides"]) or {})
+    overrides: dict[str, str | None] = dict(loads(row["tag_overrides"]) or {})
     overrides.update(set_)
     for key in remove:
         overrides[key] = None
