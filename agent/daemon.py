@@ -355,4 +355,7 @@ class Agent:
             memory_rss_bytes=host.memory_rss_bytes if host else None,
             memory_percent=host.memory_percent if host else None,
             temperature_c=host.temperature_c if host else None,
+            throttled=host.throttled if host else None,
+            disk_free_bytes=host.disk_free_bytes if host else None,
+            disk_used_percent=host.disk_used_percent if host else None,
         )

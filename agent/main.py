@@ -52,7 +52,7 @@ async def serve(settings: AgentSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     release_key = load_release_key(settings.deploy)
     models = load_models(settings)
-    agent = Agent(settings, models, probe=HostProbe(), release_key=release_key)
+    agent = Agent(settings, models, probe=HostProbe(settings.data_dir), release_key=release_key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -84,21 +85,50 @@ class HostReading:
     memory_rss_bytes: int | None
     memory_percent: float | None
     temperature_c: float | None
+    throttled: bool | None = None
+    disk_free_bytes: int | None = None
+    disk_used_percent: float | None = None
+
+
+RPI_THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+"""Raspberry Pi firmware flags; bits 0-3 say "now": under-voltage, capped, throttled, soft limit."""
 
 
 class HostProbe:
-    """Reads this process's CPU and memory and the hottest thermal sensor, where there is one."""
+    """Reads this process's CPU and memory, the hottest thermal sensor, throttling and the disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # the first call primes the counter
+        self._data_dir = data_dir
 
     def read(self) -> HostReading:
         with self._process.oneshot():
             cpu = self._process.cpu_percent(None)
             rss = self._process.memory_info().rss
             mem = self._process.memory_percent()
-        return HostReading(cpu, rss, round(mem, 2), hottest_temperature())
+        free, used = disk_usage(self._data_dir) if self._data_dir else (None, None)
+        return HostReading(
+            cpu, rss, round(mem, 2), hottest_temperature(), throttled(RPI_THROTTLED), free, used
+        )
+
+
+def disk_usage(path: Path) -> tuple[int | None, float | None]:
+    """(free bytes, percent used) of the file system holding ``path``; Nones where unreadable."""
+    try:
+        usage = psutil.disk_usage(str(path))
+    except OSError:
+        return None, None
+    return int(usage.free), round(float(usage.percent), 2)
+
+
+def throttled(flags_file: Path) -> bool | None:
+    """Whether the firmware says the SoC is throttled now (low 4 bits); None if it cannot say."""
+    try:
+        value = int(flags_file.read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+    return bool(value & 0xF)
 
 
 def hottest_temperature() -> float | None:

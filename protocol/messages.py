@@ -113,6 +113,18 @@ class Telemetry(WireMessage):
     memory_rss_bytes: int | None = None
     memory_percent: float | None = None
     temperature_c: float | None = None
+    throttled: bool | None = Field(
+        None, description="The SoC reports thermal or power throttling now (None: cannot tell)."
+    )
+    disk_free_bytes: int | None = Field(None, description="Free bytes on the data dir's disk.")
+    disk_used_percent: float | None = None
+    demoted_backends: list[str] = Field(
+        default_factory=list,
+        description="Backends the accelerator supervisor has demoted after repeated failures.",
+    )
+    backend_restarts_total: int = Field(
+        0, description="Inference worker restarts (crash or hang) since the agent started."
+    )
 
 
 # --- results -----------------------------------------------------------------------------

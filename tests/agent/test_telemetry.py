@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from agent.telemetry import RESERVOIR, HostProbe, InferenceStats, percentile, summarise
+from agent.telemetry import (
+    RESERVOIR,
+    HostProbe,
+    InferenceStats,
+    disk_usage,
+    percentile,
+    summarise,
+    throttled,
+)
 
 
 @pytest.mark.parametrize(
@@ -58,3 +68,26 @@ def test_host_probe_reads_this_process() -> None:
     assert reading.memory_rss_bytes and reading.memory_rss_bytes > 10 * 2**20
     assert reading.cpu_percent is not None and reading.cpu_percent >= 0
     assert reading.memory_percent is not None
+
+
+def test_host_probe_reads_the_data_directory_disk(tmp_path: Path) -> None:
+    reading = HostProbe(tmp_path).read()
+    assert reading.disk_free_bytes is not None and reading.disk_free_bytes > 0
+    assert reading.disk_used_percent is not None and 0 <= reading.disk_used_percent <= 100
+
+
+def test_disk_usage_of_a_missing_path_is_unknown(tmp_path: Path) -> None:
+    assert disk_usage(tmp_path / "gone") == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("0x0\n", False), ("50000\n", False), ("50005\n", True), ("4", True), ("junk", None)],
+)
+def test_throttled_reads_the_firmware_now_bits(
+    tmp_path: Path, content: str, expected: bool | None
+) -> None:
+    flags = tmp_path / "get_throttled"
+    flags.write_text(content)
+    assert throttled(flags) is expected
+    assert throttled(tmp_path / "absent") is None
