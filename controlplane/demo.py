@@ -72,6 +72,14 @@ class Stack:
                 tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{tail}")
 
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of every process's log: what a timeout report needs to be understood."""
+        parts = []
+        for name, _ in self.procs:
+            text = (self.workdir / f"{name}.log").read_text(errors="replace").splitlines()
+            parts.append(f"--- {name}.log (last {lines} lines) ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
+
     def stop(self) -> None:
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
@@ -93,7 +101,7 @@ def wait_for(what: str, check: Any, stack: Stack, timeout: float) -> Any:
             if value:
                 return value
         time.sleep(0.3)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}\n{stack.log_tails()}")
 
 
 def online_devices(api: str, prefix: str) -> int:
@@ -141,7 +149,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"broker:        {broker_url}  [{kind}]", flush=True)
         wait_for("the broker", lambda: _listening(broker_port), stack, 30)
 
-        stack.spawn("controlplane", serve_argv(broker_url, listen, workdir / "controlplane"))
+        # amqtt speaks only MQTT 3.1.1 and never answers a v5 CONNECT that has properties: say so
+        # instead of letting every client find out (a 5 s CONNACK timeout each, more on a busy box).
+        protocol = "3.1.1" if mosquitto is None else "auto"
+        stack.spawn(
+            "controlplane",
+            serve_argv(broker_url, listen, workdir / "controlplane", "--mqtt-protocol", protocol),
+        )
         wait_for(
             "the control plane",
             lambda: httpx.get(f"{api}/healthz", timeout=2).is_success,
@@ -176,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
                 str(workdir / "fleet"),
                 "--release-key",
                 str(release_key),
+                "--mqtt-protocol",
+                protocol,
             ],
         )
         started = time.monotonic()
