@@ -29,7 +29,8 @@ from controlplane.rollouts.spec import (
     parse_selector,
     parse_waves,
 )
-from controlplane.rollouts.store import TAG_PATTERN, RolloutSpec
+from controlplane.rollouts.store import RolloutSpec
+from controlplane.rollouts.tags import TAG_PATTERN, set_tags
 from controlplane.samples.api import evaluation_refusal
 
 FIELDS = (
@@ -250,7 +251,7 @@ async def patch_tags(request: Request) -> Response:
     check_known(request.query_params.keys(), ())
     device_id = parse_device_id(request.path_params["id"], "id")
     set_, remove = parse_tags(await _json(request))
-    device = await ctx.store.transact(queries.set_tags, device_id, set_, remove)
+    device = await ctx.store.transact(set_tags, device_id, set_, remove)
     if device is None:
         return not_found(f"unknown device {device_id!r}")
     _wake(ctx)

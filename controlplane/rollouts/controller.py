@@ -22,6 +22,7 @@ from typing import Protocol
 
 from controlplane.errors import StoreClosed
 from controlplane.registry.keys import ReleaseKey
+from controlplane.rollouts import desired
 from controlplane.rollouts import store as queries
 from controlplane.settings import Settings
 from controlplane.store import Store
@@ -145,7 +146,7 @@ class RolloutController:
         acknowledged; return how many were published. Failures are retried next tick."""
         if self.publisher is None:
             return 0
-        pending = await self.store.transact(queries.unpublished)
+        pending = await self.store.transact(desired.unpublished)
         published: list[tuple[str, int]] = []
         for start in range(0, len(pending), PUBLISH_BATCH):
             batch = pending[start : start + PUBLISH_BATCH]
@@ -165,7 +166,7 @@ class RolloutController:
                 break  # the broker is away: the rest waits for the next tick
         if published:
             self._publish_failed_logged = False
-            await self.store.transact(queries.mark_published, published)
+            await self.store.transact(desired.mark_published, published)
         return len(published)
 
     async def _publish(self, device_id: str, doc: dict[str, object]) -> None:

@@ -3,8 +3,9 @@
 
 Each transaction is whole: a tick's state changes, deployment rows and desired documents commit
 together or not at all, so the controller can stop at any moment and the next one carries on
-from the store. Desired documents are written unsigned (``desired.doc``); the controller seals
-and publishes them after the commit (:func:`unpublished`, :func:`mark_published`).
+from the store. Desired documents are written unsigned in the same transaction
+(:mod:`controlplane.rollouts.desired`); device tags set by operators live in
+:mod:`controlplane.rollouts.tags`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.errors import BadRequest, Conflict, NotFound
 from controlplane.registry.releases import StoredRelease, query_release
 from controlplane.rollouts import planner
+from controlplane.rollouts.columns import dumps, loads
+from controlplane.rollouts.desired import entry_for, read_desired, write_desired
 from controlplane.rollouts.metrics import measure
 from controlplane.rollouts.planner import ACTIVE_STATES, Deployment, Device, Rollout, TickPlan
 from controlplane.rollouts.spec import Gate
@@ -58,24 +61,11 @@ class TickOutcome:
     changed: bool  # something was written: another tick may have more to do
 
 
-def next_generation(previous: int | None, now: float) -> int:
-    """Grows with every document, and stays ahead even if the store is replaced (issue 3)."""
-    return max((previous or 0) + 1, int(now * 1000))
-
-
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
 # -- rows ------------------------------------------------------------------------------------------
-
-
-def loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def rollout_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -157,10 +147,10 @@ def create_rollout(conn: sqlite3.Connection, spec: RolloutSpec, now: float) -> d
              wave_started_at, created_at, updated_at, history)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', 0, ?, ?, ?, '[]')""",
         [
-            rollout_id, spec.model, spec.version, stored.seq, _dumps(spec.selector),
-            _dumps(spec.waves), spec.bake_s, _dumps([_gate_dict(g) for g in spec.gates]),
+            rollout_id, spec.model, spec.version, stored.seq, dumps(spec.selector),
+            dumps(spec.waves), spec.bake_s, dumps([_gate_dict(g) for g in spec.gates]),
             spec.min_sample, spec.on_halt, spec.device_timeout_s, spec.max_per_minute,
-            _dumps(spec.shadow), now, now, now,
+            dumps(spec.shadow), now, now, now,
         ],
     )  # fmt: skip
     conn.executemany(
@@ -219,13 +209,13 @@ def _update_rollout(
     columns = dict(changes)
     for key in ("halt", "evaluation"):
         if key in columns:
-            columns[key] = _dumps(columns[key])
+            columns[key] = dumps(columns[key])
     columns["updated_at"] = now
     sets = ", ".join(f"{k} = ?" for k in columns)
     params: list[Any] = list(columns.values())
     if history is not None:
         sets += ", history = json_insert(history, '$[#]', json(?))"
-        params.append(_dumps(history))
+        params.append(dumps(history))
     conn.execute(f"UPDATE rollouts SET {sets} WHERE id = ?", [*params, rollout_id])
 
 
@@ -338,7 +328,7 @@ def _dispatch(
         "artifact_url": f"{public_url}/api/v1/artifacts/{artifact['sha256']}",
         "rollout_id": rollout_id, "rollback": False, "shadow": loads(row["shadow"]),
     }  # fmt: skip
-    current = _desired(conn, device_id)
+    current = read_desired(conn, device_id)
     generation = write_desired(conn, device_id, current, entry, now)
     dep = conn.execute(f"SELECT attempts FROM deployments {where}", [rollout_id, device_id])
     first = dep.fetchone()["attempts"] == 0 and not dispatch.retry
@@ -347,14 +337,14 @@ def _dispatch(
     params: list[Any] = [dispatch.target, generation, now, now,
                          "retry" if dispatch.retry else None]  # fmt: skip
     if first:
-        previous = _entry(current, model)
+        previous = entry_for(current, model)
         previous_version = None
         if previous is not None and previous.get("release"):
             previous_version = previous["release"]["release"]["version"]
         elif device is not None:
             previous_version = device.versions.get(model)
         sets += ", previous = ?, previous_version = ?"
-        params += [_dumps(previous), previous_version]
+        params += [dumps(previous), previous_version]
     conn.execute(f"UPDATE deployments SET {sets} {where}", [*params, rollout_id, device_id])
 
 
@@ -370,76 +360,13 @@ def _roll_back(conn: sqlite3.Connection, row: sqlite3.Row, device_id: str, now: 
     else:
         entry = {k: v for k, v in previous.items() if k != "shadow"}
     entry.update(rollout_id=rollout_id, rollback=True)
-    generation = write_desired(conn, device_id, _desired(conn, device_id), entry, now)
+    generation = write_desired(conn, device_id, read_desired(conn, device_id), entry, now)
     back_to = dep["previous_version"] or "its configured model"
     conn.execute(
         """UPDATE deployments SET state = 'queued', generation = ?, rollback_generation = ?,
              rollback_at = ?, updated_at = ?, detail = ?
            WHERE rollout_id = ? AND device_id = ?""",
         [generation, generation, now, now, f"rolling back to {back_to}", rollout_id, device_id],
-    )
-
-
-# -- desired documents -----------------------------------------------------------------------------
-
-
-def _desired(conn: sqlite3.Connection, device_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT doc FROM desired WHERE device_id = ?", [device_id]).fetchone()
-    return None if row is None else dict(json.loads(row["doc"]))
-
-
-def _entry(doc: Mapping[str, Any] | None, model: str) -> dict[str, Any] | None:
-    for entry in (doc or {}).get("models", []):
-        if entry.get("model") == model:
-            return dict(entry)
-    return None
-
-
-def desired_doc(
-    device_id: str, current: Mapping[str, Any] | None, entry: Mapping[str, Any],
-    generation: int, now: float,
-) -> dict[str, Any]:  # fmt: skip
-    """The device's next desired state: its other models unchanged, ``entry`` for its model."""
-    models = [m for m in (current or {}).get("models", []) if m.get("model") != entry["model"]]
-    models.append(dict(entry))
-    models.sort(key=lambda m: str(m.get("model")))
-    return {"device_id": device_id, "generation": generation, "issued_at": now, "models": models}
-
-
-def write_desired(
-    conn: sqlite3.Connection, device_id: str, current: Mapping[str, Any] | None,
-    entry: Mapping[str, Any], now: float,
-) -> int:  # fmt: skip
-    previous = current.get("generation") if current is not None else None
-    generation = next_generation(previous, now)
-    doc = desired_doc(device_id, current, entry, generation, now)
-    conn.execute(
-        """INSERT INTO desired (device_id, generation, doc, published_generation)
-           VALUES (?, ?, ?, 0)
-           ON CONFLICT (device_id) DO UPDATE SET generation = excluded.generation,
-             doc = excluded.doc""",
-        [device_id, generation, _dumps(doc)],
-    )
-    return generation
-
-
-def unpublished(
-    conn: sqlite3.Connection, limit: int = 1000
-) -> list[tuple[str, int, dict[str, Any]]]:
-    """Desired documents not yet acknowledged by the broker: (device id, generation, doc)."""
-    rows = conn.execute(
-        "SELECT device_id, generation, doc FROM desired WHERE published_generation < generation "
-        "ORDER BY device_id LIMIT ?",
-        [limit],
-    )
-    return [(r[0], r[1], json.loads(r[2])) for r in rows]
-
-
-def mark_published(conn: sqlite3.Connection, published: Sequence[tuple[str, int]]) -> None:
-    conn.executemany(
-        "UPDATE desired SET published_generation = max(published_generation, ?) "
-        "WHERE device_id = ?",
-        [(generation, device_id) for device_id, generation in published],
     )
 
 
@@ -482,8 +409,8 @@ def apply_report(
            WHERE rollout_id = ? AND device_id = ?""",
         [
             state, detail, now, now if state == "active" else None,
-            _dumps(report.smoke.model_dump(mode="json")) if report.smoke else None,
-            _dumps(report.shadow.model_dump(mode="json")) if report.shadow else None,
+            dumps(report.smoke.model_dump(mode="json")) if report.smoke else None,
+            dumps(report.shadow.model_dump(mode="json")) if report.shadow else None,
             row["rollout_id"], device_id,
         ],
     )  # fmt: skip
@@ -504,32 +431,3 @@ def get_rollout(conn: sqlite3.Connection, rollout_id: str) -> dict[str, Any]:
         counts[state] = n
     out["devices"] = counts
     return out
-
-
-# -- tags ------------------------------------------------------------------------------------------
-
-TAG_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-
-
-def set_tags(
-    conn: sqlite3.Connection, device_id: str, set_: Mapping[str, str], remove: Sequence[str]
-) -> dict[str, Any] | None:
-    """Overlay the operator's tags on a device (``remove`` hides a tag, reported or set); the
-    device's effective, reported and overridden tags, or None for an unknown device."""
-    row = conn.execute(
-        "SELECT tags, tag_overrides FROM devices WHERE id = ?", [device_id]
-    ).fetchone()
-    if row is None:
-        return None
-    overrides: dict[str, str | None] = dict(loads(row["tag_overrides"]) or {})
-    overrides.update(set_)
-    for key in remove:
-        overrides[key] = None
-    conn.execute(
-        "UPDATE devices SET tag_overrides = ? WHERE id = ?", [_dumps(overrides), device_id]
-    )
-    reported = json.loads(row["tags"] or "{}")
-    return {
-        "id": device_id, "tags": effective_tags(reported, overrides),
-        "reported_tags": reported, "tag_overrides": overrides,
-    }  # fmt: skip

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from controlplane.rollouts.store import get_rollout, loads
+from controlplane.rollouts.columns import loads
+from controlplane.rollouts.store import get_rollout
 
 
 def query_rollouts(conn: sqlite3.Connection, state: str | None) -> list[dict[str, Any]]:
