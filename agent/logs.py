@@ -2,8 +2,12 @@
 
 JSON on stdout because journald and container runtimes keep stdout as it is, and a log shipper
 parses an object without a regular expression. ``text`` is for a person at a terminal (stderr).
-The level is the root logger's, so it is changed in one place: :func:`set_level` (the future
+The level is the root logger's, so it is changed in one place: :func:`set_level` (the
 ``set-log-level`` command) and :func:`step` (SIGUSR1/SIGUSR2 in :mod:`agent.main`).
+
+A :class:`RingBuffer` on the root logger keeps the last :data:`RING_SIZE` records, each as the
+object its JSON line holds (long fields cut at :data:`MAX_FIELD_CHARS`), for the ``logs``
+command: a bounded amount of memory, whatever the format or the destination of the log.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Literal, TextIO
 
@@ -38,6 +43,10 @@ class JsonFormatter(logging.Formatter):
         self.device_id = device_id
 
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record), ensure_ascii=False, separators=(",", ":"))
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The object of a record's JSON line."""
         ts = datetime.fromtimestamp(record.created, timezone.utc)
         line: dict[str, Any] = {
             "ts": ts.isoformat(timespec="milliseconds"),
@@ -57,7 +66,7 @@ class JsonFormatter(logging.Formatter):
                 continue
             if _jsonable(value):
                 line[key] = value
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+        return line
 
 
 def _jsonable(value: Any) -> bool:
@@ -80,8 +89,64 @@ class _Handler(logging.StreamHandler[TextIO]):
     """The handler :func:`configure` installs, told apart from handlers others installed."""
 
 
+RING_SIZE = 1000
+"""Log records the ring buffer keeps (the ``logs`` command's ``--tail`` is at most this)."""
+MAX_FIELD_CHARS = 4096
+"""A longer string field of a kept record (a traceback) is cut to this many characters."""
+
+
+class RingBuffer(logging.Handler):
+    """The last ``capacity`` log records as JSON-ready objects, oldest first; bounded."""
+
+    def __init__(self, capacity: int = RING_SIZE, device_id: str | None = None) -> None:
+        super().__init__()
+        self._lines: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._fields = JsonFormatter(device_id)
+
+    @property
+    def device_id(self) -> str | None:
+        return self._fields.device_id
+
+    @device_id.setter
+    def device_id(self, value: str | None) -> None:
+        self._fields.device_id = value
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self._fields.fields(record)
+            for key, value in line.items():
+                if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+                    line[key] = value[: MAX_FIELD_CHARS - 1] + "\u2026"
+            self._lines.append(line)
+        except Exception:
+            self.handleError(record)
+
+    def tail(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` records kept (fewer when fewer were logged), oldest first."""
+        self.acquire()  # emit() runs under the same lock, from any thread
+        try:
+            lines = list(self._lines)
+        finally:
+            self.release()
+        return lines[-n:] if n > 0 else []
+
+
+def ring_buffer(device_id: str | None = None) -> RingBuffer:
+    """The root logger's ring buffer, installed the first time (idempotent)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, RingBuffer):
+            if device_id is not None:
+                handler.device_id = device_id
+            return handler
+    ring = RingBuffer(device_id=device_id)
+    root.addHandler(ring)
+    return ring
+
+
 def configure(level: str, fmt: LogFormat = "json", device_id: str | None = None) -> None:
-    """Send every log record to one handler: JSON on stdout, or text on stderr."""
+    """Send every log record to one handler, JSON on stdout or text on stderr, and keep the
+    last ones in the ring buffer."""
     handler = _Handler(sys.stdout if fmt == "json" else sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(device_id))
@@ -92,6 +157,7 @@ def configure(level: str, fmt: LogFormat = "json", device_id: str | None = None)
         if isinstance(old, _Handler):  # configured again: replace ours, keep anyone else's
             root.removeHandler(old)
     root.addHandler(handler)
+    ring_buffer(device_id)
     root.setLevel(level_name(level))
 
 

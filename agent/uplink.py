@@ -121,6 +121,7 @@ class Uplink:
         self._status_topic = device_topic(device_id, Channel.STATUS)
         self._telemetry_topic = device_topic(device_id, Channel.TELEMETRY)
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()  # ends a backoff early (drain_now)
         self._stopped = asyncio.Event()
         self._in_flight: set[int] = set()
         self._batches: set[asyncio.Task[None]] = set()
@@ -163,6 +164,12 @@ class Uplink:
 
     def wake(self) -> None:
         """Nudge the drain loop: a result was just put in the outbox."""
+        self._wake.set()
+
+    def drain_now(self) -> None:
+        """Send now (the ``resync`` command): end the backoff after failures and wake the loop."""
+        self._failures = 0
+        self._retry.set()
         self._wake.set()
 
     async def stop(self) -> None:
@@ -214,9 +221,10 @@ class Uplink:
     async def _drain(self) -> None:
         while True:
             if self._failures:
-                await asyncio.sleep(
-                    backoff_delay(self._failures - 1, RETRY_MIN, RETRY_MAX, random.random())
-                )
+                self._retry.clear()
+                delay = backoff_delay(self._failures - 1, RETRY_MIN, RETRY_MAX, random.random())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._retry.wait(), delay)
             if not self._client.connected:
                 try:
                     await self._client.wait_connected()

@@ -18,7 +18,9 @@ every replica, because brokers do not send retained messages to shared subscript
 
 Deployment reports (``deployment`` channel) are subscribed when a handler is set
 (:attr:`Ingestor.on_deployment`, the rollout controller): each is decoded here and handed over
-with its acknowledgement, which the handler calls after the commit that records it.
+with its acknowledgement, which the handler calls after the commit that records it. Command
+replies (``commands/reply``) go as they are to :attr:`Ingestor.on_command_reply` (the command
+requester, which subscribes to them on this client and acknowledges them).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Ingestor:
         self._closing = False
         self._log = RateLimitedLog()
         self.on_deployment: DeploymentHandler | None = None  # set before start()
+        self.on_command_reply: Callable[[str, Message], None] | None = None
         self.client = MQTTClient(
             settings.broker,
             settings.client_id,
@@ -119,6 +122,7 @@ class Ingestor:
             reconnect_min=RECONNECT_MIN_S,
             reconnect_max=RECONNECT_MAX_S,
             on_message=self.on_message,
+            tls=settings.mqtt_tls,
         )
 
     @property
@@ -160,6 +164,9 @@ class Ingestor:
             return
         if topic.channel is Channel.DEPLOYMENT:
             self._deployment(message, topic.device_id)
+            return
+        if topic.channel is Channel.COMMAND_REPLY and self.on_command_reply is not None:
+            self.on_command_reply(topic.device_id, message)
             return
         kind = KINDS.get(topic.channel)
         if kind is None:

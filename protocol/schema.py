@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from protocol.commands import CommandReply, CommandRequest
 from protocol.manifest import ModelManifest
 from protocol.messages import ResultBatch, Status, Telemetry
 from protocol.release import DeploymentReport, SignedDesired, SignedRelease
@@ -25,6 +26,8 @@ DOCUMENTS: dict[str, type[BaseModel]] = {
     "release": SignedRelease,
     "desired": SignedDesired,
     "deployment": DeploymentReport,
+    "command": CommandRequest,
+    "command-reply": CommandReply,
 }
 
 

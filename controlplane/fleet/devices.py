@@ -1,10 +1,11 @@
-"""``edgefleet devices list|show|tag``."""
+"""``edgefleet devices list|show|tag|exec`` (``exec``: :mod:`controlplane.fleet.remote`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from controlplane.fleet import remote
 from controlplane.fleet.client import FleetClient, FleetError, add_client_flags
 from controlplane.fleet.output import cell, emit, table, when
 
@@ -27,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_client_flags(p)
     p.set_defaults(handler=tag_device)
+    remote.configure(sub)
 
 
 def list_devices(args: argparse.Namespace) -> int:

@@ -9,10 +9,12 @@ or error crosses this boundary: failures are the ``MQTTError`` tree of :mod:`pro
 from protocol.errors import MQTTError, NoSubscribers, NotConnected, PublishRefused, PublishTimeout
 from protocol.mqtt.client import MQTTClient
 from protocol.mqtt.connection import Message
-from protocol.mqtt.policy import BrokerURL, ProtocolMode, Will, backoff_delay
+from protocol.mqtt.policy import BrokerURL, ConnectionEvent, ProtocolMode, Will, backoff_delay
+from protocol.mqtt.tls import TLSFiles
 
 __all__ = [
     "BrokerURL",
+    "ConnectionEvent",
     "Message",
     "MQTTClient",
     "MQTTError",
@@ -21,6 +23,7 @@ __all__ = [
     "PublishRefused",
     "PublishTimeout",
     "ProtocolMode",
+    "TLSFiles",
     "Will",
     "backoff_delay",
 ]

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +48,7 @@ from protocol.errors import (
 from protocol.mqtt.connection import Connection, Message
 from protocol.mqtt.policy import (
     BrokerURL,
+    ConnectionEvent,
     Negotiation,
     Outcome,
     ProtocolMode,
@@ -52,6 +56,7 @@ from protocol.mqtt.policy import (
     backoff_delay,
     negotiate,
 )
+from protocol.mqtt.tls import TLSFiles, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ STOP_TIMEOUT = 10.0
 SUBACK_TIMEOUT = 10.0
 UNSUPPORTED_VERSION = (0x84, 0x01)
 """CONNACK codes for "unsupported protocol version": v5's 0x84, and 3.1.1's 1 (what amqtt sends)."""
+HISTORY_SIZE = 20
+"""How many connection events :attr:`MQTTClient.history` keeps (a device's ``diag`` shows them)."""
 
 
 # --- the client --------------------------------------------------------------------------
@@ -92,6 +99,7 @@ class MQTTClient:
         max_inflight: int = 100,
         max_queued: int = 0,
         ssl_context: ssl.SSLContext | None = None,
+        tls: TLSFiles | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         if protocol not in ("auto", "5", "3.1.1"):
@@ -117,6 +125,9 @@ class MQTTClient:
         self._max_inflight = max_inflight
         self._max_queued = max_queued
         self._ssl_context = ssl_context
+        self._tls = tls
+        if self.url.tls and ssl_context is None:
+            tls_context(tls)  # a missing or bad file is an MQTTError now, not at each connect
         self._subscriptions: dict[str, int] = {}
         self._conn: Connection | None = None
         self._ready = asyncio.Event()
@@ -125,6 +136,7 @@ class MQTTClient:
         self._on_connect_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_error: str | None = None
+        self._history: deque[ConnectionEvent] = deque(maxlen=HISTORY_SIZE)
 
     @property
     def connected(self) -> bool:
@@ -143,6 +155,14 @@ class MQTTClient:
     def protocol_version(self) -> str:
         """``"5"`` or ``"3.1.1"``: what the last connection used (or the next one will)."""
         return self._version
+
+    @property
+    def history(self) -> list[ConnectionEvent]:
+        """The last :data:`HISTORY_SIZE` connects, disconnects and failed attempts, oldest first."""
+        return list(self._history)
+
+    def _record(self, event: str, detail: str) -> None:
+        self._history.append(ConnectionEvent(time.time(), event, detail))
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once."""
@@ -173,21 +193,39 @@ class MQTTClient:
         retain: bool = False,
         timeout: float = 10.0,
         require_subscribers: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        message_expiry_s: float | None = None,
+        user_properties: dict[str, str] | None = None,
     ) -> None:
         """Publish; with QoS 1 return only after the broker's PUBACK (see the module docstring).
 
         With ``require_subscribers`` (MQTT v5 only: 3.1.1 cannot tell) a PUBACK saying that no
-        subscription matched raises :class:`NoSubscribers`.
+        subscription matched raises :class:`NoSubscribers`. ``response_topic``,
+        ``correlation_data``, ``message_expiry_s`` (rounded up to whole seconds) and
+        ``user_properties`` become the PUBLISH's MQTT v5 properties; under 3.1.1 they are
+        ignored (put what the receiver needs in the payload too).
         """
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         if not topic or "+" in topic or "#" in topic:
             raise ValueError(f"cannot publish on {topic!r}: a topic is non-empty, without + or #")
+        if response_topic is not None and (
+            not response_topic or "+" in response_topic or "#" in response_topic
+        ):
+            raise ValueError(f"invalid response topic {response_topic!r}")
+        if message_expiry_s is not None and not message_expiry_s > 0:
+            raise ValueError(f"message_expiry_s must be positive, not {message_expiry_s!r}")
         conn = self._conn
         if conn is None or not conn.connected:
             raise NotConnected(f"not connected to {self.url}: cannot publish on {topic!r}")
+        properties = None
+        if self._version == "5":
+            properties = _publish_properties(
+                response_topic, correlation_data, message_expiry_s, user_properties
+            )
         try:
-            info = conn.client.publish(topic, payload, qos, retain)
+            info = conn.client.publish(topic, payload, qos, retain, properties)
         except ValueError as exc:  # paho's own checks, e.g. a payload over 256 MiB
             raise MQTTError(f"cannot publish on {topic!r}: {exc}") from None
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -277,7 +315,12 @@ class MQTTClient:
         """One connection, from the TCP connect to its close."""
         self._version = self._negotiation.version
         loop = asyncio.get_running_loop()
-        conn = Connection(loop, self._make_paho(), self._deliver, self._manual_ack)
+        try:
+            client = self._make_paho()
+        except MQTTError as exc:  # a TLS file unreadable (being renewed?): retry after a backoff
+            self._note_failure(str(exc))
+            return "unreachable"
+        conn = Connection(loop, client, self._deliver, self._manual_ack)
         self._conn = conn
         try:
             await asyncio.to_thread(
@@ -318,6 +361,7 @@ class MQTTClient:
     async def _session(self, conn: Connection) -> None:
         """A connection with a session: renew subscriptions, run on_connect, wait for the end."""
         log.info("%s: connected to %s (MQTT %s)", self.client_id, self.url, self._version)
+        self._record("connected", f"{self.url} (MQTT {self._version})")
         self._last_error = None
         if self._stopping:
             conn.client.disconnect()
@@ -334,6 +378,7 @@ class MQTTClient:
         reason = await asyncio.shield(conn.closed)
         if not self._stopping:
             log.warning("%s: lost the connection to %s: %s", self.client_id, self.url, reason)
+            self._record("disconnected", reason)
 
     async def _close(self, conn: Connection) -> None:
         self._ready.clear()
@@ -390,6 +435,7 @@ class MQTTClient:
             )
 
     def _note_failure(self, why: str) -> None:
+        self._record("failed", why)
         if self._last_error is None:
             log.warning("%s: %s", self.client_id, why)
         else:
@@ -417,7 +463,8 @@ class MQTTClient:
         if self.url.username is not None:
             client.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            client.tls_set_context(self._ssl_context or ssl.create_default_context())
+            # fresh each connection: a certificate renewed on disk is used from the next one on
+            client.tls_set_context(self._ssl_context or tls_context(self._tls))
         if self._will is not None:
             w = self._will
             client.will_set(w.topic, w.payload, w.qos, w.retain)
@@ -430,6 +477,29 @@ class MQTTClient:
         if self._session_expiry > 0:
             properties.SessionExpiryInterval = self._session_expiry
         return {"clean_start": self._clean_start, "properties": properties}
+
+
+def _publish_properties(
+    response_topic: str | None,
+    correlation_data: bytes | None,
+    message_expiry_s: float | None,
+    user_properties: dict[str, str] | None,
+) -> Properties | None:
+    """The PUBLISH properties for MQTT v5, or None when there are none."""
+    if (response_topic, correlation_data, message_expiry_s) == (None, None, None) and not (
+        user_properties
+    ):
+        return None
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
+    if correlation_data is not None:
+        properties.CorrelationData = correlation_data
+    if message_expiry_s is not None:
+        properties.MessageExpiryInterval = max(1, math.ceil(message_expiry_s))
+    if user_properties:
+        properties.UserProperty = list(user_properties.items())
+    return properties
 
 
 def _error_for(rc: MQTTErrorCode | int, what: str) -> MQTTError:

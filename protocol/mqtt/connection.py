@@ -50,6 +50,11 @@ class Message:
     qos: int
     retain: bool
     _acker: Acker | None = field(default=None, repr=False, compare=False)
+    # MQTT v5 properties of the PUBLISH (None when absent, and always None under 3.1.1)
+    response_topic: str | None = field(default=None, kw_only=True)
+    correlation_data: bytes | None = field(default=None, kw_only=True)
+    message_expiry_s: int | None = field(default=None, kw_only=True)
+    """What is left of the message's lifetime as the broker delivers it (v5 message expiry)."""
 
     def ack(self) -> None:
         """With ``manual_ack`` clients, send the PUBACK now (else a no-op); thread-safe, idempotent.
@@ -135,7 +140,9 @@ class Connection:
             if acker is not None:
                 acker()
             return
-        message = Message(topic, bytes(msg.payload), msg.qos, bool(msg.retain), acker)
+        message = Message(
+            topic, bytes(msg.payload), msg.qos, bool(msg.retain), acker, **_v5_properties(msg)
+        )
         self._post(self.deliver, message)
 
     def _on_connack(self, code: int, reason: str) -> None:
@@ -174,3 +181,17 @@ class Connection:
         future = self.subscribes.get(mid)
         if future is not None and not future.done():
             future.set_result(codes)
+
+
+def _v5_properties(msg: paho.MQTTMessage) -> dict[str, Any]:
+    """The v5 request/response properties of a received message, as Message's fields."""
+    props = getattr(msg, "properties", None)
+    if props is None:
+        return {}
+    correlation = getattr(props, "CorrelationData", None)
+    expiry = getattr(props, "MessageExpiryInterval", None)
+    return {
+        "response_topic": getattr(props, "ResponseTopic", None) or None,
+        "correlation_data": bytes(correlation) if correlation is not None else None,
+        "message_expiry_s": int(expiry) if expiry is not None else None,
+    }

@@ -128,6 +128,17 @@ def _redact(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class ConnectionEvent:
+    """One entry of a client's connection history: ``connected``, ``disconnected`` (the
+    connection was lost) or ``failed`` (an attempt that got no session), with why."""
+
+    at: float
+    """Unix time, seconds."""
+    event: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class Will:
     """The message the broker publishes for a client that vanishes without a DISCONNECT."""
 
