@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
+from controlplane.alerts.queries import open_counts
+from controlplane.alerts.rules import RULES
 from controlplane.metrics import Metrics
 from controlplane.rollouts.planner import ACTIVE_STATES, FINAL_STATES
 from controlplane.store import count_devices
@@ -39,6 +41,7 @@ class FleetSnapshot:
     rollout_devices: dict[Labels, int] = field(default_factory=dict)  # (id, model, version, state)
     ingest_lag_s: float | None = None  # None: no result received yet
     outbox_oldest_age_s: float | None = None  # None: no online device reports one
+    alerts: dict[Labels, int] = field(default_factory=dict)  # (rule, severity): firing alerts
 
 
 _ONLINE = "state = 'online' AND last_seen >= ?"
@@ -91,6 +94,7 @@ def snapshot(conn: sqlite3.Connection, now: float, offline_after_s: float) -> Fl
         rollout_devices=rollout_devices,
         ingest_lag_s=None if newest is None else max(0.0, now - newest[0]),
         outbox_oldest_age_s=None if outbox_age is None else float(outbox_age),
+        alerts=open_counts(conn),
     )
 
 
@@ -107,3 +111,6 @@ def apply(metrics: Metrics, snap: FleetSnapshot) -> None:
     metrics.ingest_lag.replace({} if lag is None else {(): lag})
     age = snap.outbox_oldest_age_s
     metrics.outbox_oldest_age_max.replace({} if age is None else {(): age})
+    # Every rule at its default severity is always there (0 when none), like the rollouts.
+    zeros: dict[Labels, int] = {(n, r.defaults.severity): 0 for n, r in RULES.items()}
+    metrics.alerts.replace({**zeros, **snap.alerts})

@@ -206,6 +206,31 @@ class Metrics(Registry):
             "edgefleet_outbox_oldest_age_seconds_max",
             "Oldest unsent outbox entry's age, max over online devices' latest telemetry.",
         )
+        # Kept inputs at rest (controlplane/samples/keeper.py): counts, never content.
+        self.data_purged = Counter(
+            "edgefleet_data_inputs_purged_total", "Kept inputs deleted past data_retention_days."
+        )
+        self.data_deleted = Counter(
+            "edgefleet_data_inputs_deleted_total", "Kept inputs deleted on demand (DELETE /data)."
+        )
+        self.data_sealed = Counter(
+            "edgefleet_data_inputs_sealed_total",
+            "Kept inputs sealed by the keeper: legacy (stored before encryption), rotation.",
+            ["reason"], [("legacy",), ("rotation",)],
+        )  # fmt: skip
+        self.data_unreadable = Counter(
+            "edgefleet_data_inputs_unreadable_total",
+            "Kept inputs whose file was gone, altered or under a lost key: their rows deleted.",
+        )
+        # Alerts (controlplane/alerts/): open ones read at scrape time, deliveries as they happen.
+        self.alerts = Gauge(
+            "edgefleet_alerts", "Open (firing) alerts by rule and severity.", ["rule", "severity"]
+        )
+        self.alert_notifications = Counter(
+            "edgefleet_alert_notifications_total",
+            "Alert webhook notifications by outcome (delivered, retried, failed: gave up).",
+            ["outcome"], [("delivered",), ("retried",), ("failed",)],
+        )  # fmt: skip
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
