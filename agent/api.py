@@ -29,6 +29,7 @@ from aiohttp import web
 from agent import __version__, oip
 from agent.errors import (
     AgentError,
+    BackendUnavailable,
     InputError,
     OutboxError,
     PayloadTooLarge,
@@ -280,10 +281,18 @@ class _Handlers:
                 return error_response(500, message)
             if status == 503:
                 log.warning("%s %s: %s", request.method, request.path, exc)
-                headers = {"Retry-After": str(RETRY_AFTER_S)}
+                headers = {"Retry-After": str(retry_after(exc))}
                 return error_response(status, _message(exc, status), headers)
             log.debug("%s %s: %d %s", request.method, request.path, status, exc)
             return error_response(status, str(exc))
+
+
+def retry_after(exc: Exception) -> int:
+    """Seconds a 503 asks the client to wait: when the supervisor expects a worker back, else
+    :data:`RETRY_AFTER_S`."""
+    if isinstance(exc, BackendUnavailable):
+        return max(1, math.ceil(exc.retry_after_s))
+    return RETRY_AFTER_S
 
 
 def _parameters(result: InferenceResult) -> dict[str, Any]:

@@ -7,6 +7,12 @@ post-processing) on ONE worker thread of its own: the event loop never blocks, a
 which is not thread-safe, is never used by two requests at once. A file without a manifest is
 served as it is: named after the file, version "0", raw tensors in and out, and images accepted
 when its input looks like one.
+
+Loaded with ``supervision`` (the agent's ``[supervisor]`` settings), an accelerator backend runs in
+a supervised worker process instead (:mod:`agent.supervisor`): then ``backend`` and
+``fallback_reason`` follow what the supervisor does (a demotion, a promotion), each result names
+the backend that actually answered it, and the model has two threads (the worker holds the next
+request while it runs one; an in-process fallback still takes one at a time).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from agent.preprocess import (
 )
 from agent.runtimes import open_runtime
 from agent.runtimes.base import Runtime
+from agent.supervisor.config import SupervisorConfig
+from agent.supervisor.loading import open_supervised
+from agent.supervisor.supervised import SupervisedRuntime
 from protocol.manifest import (
     ClassificationPostprocess,
     ImagePreprocess,
@@ -83,15 +92,19 @@ class ServedModel:
         self.version = manifest.version
         self.artifact_sha256 = artifact_sha256
         self.platform = platform
-        self.backend = runtime.name
-        self.fallback_reason = fallback_reason
+        self._fallback_reason = fallback_reason
+        self.supervised = runtime if isinstance(runtime, SupervisedRuntime) else None
+        """The supervisor, when the backend runs in a worker process (None: in this process)."""
         self.inputs: list[TensorSpec] = runtime.inputs
         self.outputs: list[TensorSpec] = runtime.outputs
         self._runtime = runtime
         self._max_output_values = max_output_values
         self._image_plan = image_plan
         self._classifier = _classifier(manifest, runtime.outputs)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        # One thread: the interpreter is never used by two requests at once. A supervised worker
+        # takes the next request while it runs one, so it gets a thread per request it holds.
+        threads = self.supervised.concurrency if self.supervised is not None else 1
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{self.name}")
         self._closed = False
         self.pending = 0
         """Inferences submitted and not finished: the backlog the offload policy weighs."""
@@ -106,14 +119,20 @@ class ServedModel:
         threads: int = 1,
         max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        supervision: SupervisorConfig | None = None,
     ) -> ServedModel:
         """Load ``path`` on the first backend of ``priority`` that works (default: by file type).
 
+        With ``supervision``, accelerators run in supervised worker processes (see
+        :mod:`agent.supervisor`); without it, every backend runs in this process.
         Raises ModelLoadError naming the problem: no backend, a file that does not load, or a
         manifest that does not match the model's tensors.
         """
         path = Path(path)
-        opened = open_runtime(path, priority, threads)
+        if supervision is not None:
+            opened = open_supervised(path, priority, threads, supervision)
+        else:
+            opened = open_runtime(path, priority, threads)
         try:
             return cls.from_runtime(
                 opened.runtime,
@@ -167,6 +186,23 @@ class ServedModel:
             max_output_values=max_output_values,
             image_plan=plan,
         )
+
+    @property
+    def backend(self) -> str:
+        """The backend serving now (a supervised model's changes on demotion and promotion)."""
+        return self._runtime.name
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why preferred backends are not serving (skipped at load, restarting, demoted)."""
+        if self.supervised is not None:
+            return self.supervised.fallback_reason
+        return self._fallback_reason
+
+    @property
+    def demoted_backends(self) -> list[str]:
+        """Backends the supervisor demoted after repeated crashes or hangs."""
+        return self.supervised.demoted if self.supervised is not None else []
 
     @property
     def accepts_images(self) -> bool:
@@ -268,11 +304,12 @@ class ServedModel:
         if classes is None:
             kept = summarize_outputs(outputs, self._max_output_values)
         latency_ms = (time.perf_counter() - start) * 1000.0
+        supervised = self.supervised
         result = InferenceResult(
             model=self.name,
             model_version=self.version,
             artifact_sha256=self.artifact_sha256,
-            backend=self.backend,
+            backend=supervised.answered_by if supervised is not None else self._runtime.name,
             latency_ms=round(latency_ms, 3),
             request_id=request_id,
             classes=classes,

@@ -6,11 +6,16 @@ first backend that loads the model, with the reason the ones before it were skip
 Edge TPU falls back to the CPU and says so). Which backends to try is a pure decision
 (:func:`candidates`); only the openers touch the engines, and each is imported lazily, so a device
 without ONNX Runtime (or without LiteRT) can still run the other.
+
+:func:`backends` is the registry in force: :data:`BACKENDS`, plus the test backends that really
+crash or hang (:mod:`agent.runtimes.faulty`) when ``EDGEFLEET_TEST_BACKENDS=1``; asking for a test
+backend without it is refused with an error that says so.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ from types import MappingProxyType
 
 from agent.errors import ModelLoadError
 from agent.runtimes.base import Runtime
+from agent.runtimes.faulty import TEST_BACKENDS_ENV, open_test_abort, open_test_hang
 from agent.runtimes.litert import open_edgetpu, open_litert, open_tflite_runtime
 from agent.runtimes.onnx import open_onnxruntime
 
@@ -43,6 +49,22 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType(
     }
 )
 
+TEST_BACKENDS: Mapping[str, Backend] = MappingProxyType(
+    {
+        "test-abort": Backend((".tflite",), open_test_abort),
+        "test-hang": Backend((".tflite",), open_test_hang),
+    }
+)
+"""Backends for tests only: registered by :func:`backends` when ``EDGEFLEET_TEST_BACKENDS=1``."""
+
+
+def backends() -> Mapping[str, Backend]:
+    """The registry in force: the test backends join :data:`BACKENDS` only with the test switch."""
+    if os.environ.get(TEST_BACKENDS_ENV) == "1":
+        return MappingProxyType({**BACKENDS, **TEST_BACKENDS})
+    return BACKENDS
+
+
 DEFAULT_PRIORITY: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {".tflite": ("edgetpu", "litert", "tflite-runtime"), ".onnx": ("onnxruntime",)}
 )
@@ -56,15 +78,21 @@ class Opened:
 
 
 def candidates(
-    suffix: str, priority: Sequence[str] | None, registry: Mapping[str, Backend] = BACKENDS
+    suffix: str, priority: Sequence[str] | None, registry: Mapping[str, Backend] | None = None
 ) -> list[str]:
     """The backends of ``priority`` (default: by file type) that load ``suffix`` files, in order.
 
     Raises ModelLoadError for a name that is no backend, or when none loads that file type.
     """
+    registry = backends() if registry is None else registry
     suffix = suffix.lower()
     names = list(priority) if priority is not None else list(DEFAULT_PRIORITY.get(suffix, ()))
     unknown = [name for name in names if name not in registry]
+    if unknown and unknown[0] in TEST_BACKENDS:
+        raise ModelLoadError(
+            f"backend {unknown[0]!r} is a test backend: it exists only when "
+            f"{TEST_BACKENDS_ENV}=1 is set (tests only, never on a device)"
+        )
     if unknown:
         raise ModelLoadError(
             f"unknown backend {unknown[0]!r}; the backends are {', '.join(registry)}"
@@ -91,13 +119,15 @@ def open_runtime(
     priority: Sequence[str] | None,
     threads: int,
     *,
-    registry: Mapping[str, Backend] = BACKENDS,
+    registry: Mapping[str, Backend] | None = None,
 ) -> Opened:
-    """Open ``model_path`` on the first backend of ``priority`` that loads it.
+    """Open ``model_path`` on the first backend of ``priority`` that loads it, in this process.
 
     Logs a warning for each backend skipped; raises ModelLoadError naming every attempt if none
-    works.
+    works. (:func:`agent.supervisor.supervised.open_supervised` is the same walk with the
+    accelerators in supervised worker processes.)
     """
+    registry = backends() if registry is None else registry
     if not model_path.is_file():
         raise ModelLoadError(f"model file not found: {model_path}")
     skipped: list[tuple[str, str]] = []

@@ -22,8 +22,12 @@ from protocol.tensors import DATATYPE_BY_NUMPY, Datatype
 class Runtime(Protocol):
     """A model loaded on one backend. Not thread-safe: one ``infer`` at a time."""
 
-    name: str
-    """The backend: ``litert``, ``tflite-runtime``, ``edgetpu``, ``onnxruntime`` (or ``memory``)."""
+    @property
+    def name(self) -> str:
+        """The backend: ``litert``, ``tflite-runtime``, ``edgetpu``, ``onnxruntime`` (or
+        ``memory``); a supervised runtime names the one answering now."""
+        ...
+
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 

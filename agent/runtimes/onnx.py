@@ -84,6 +84,18 @@ def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[st
     return chosen or ["CPUExecutionProvider"]
 
 
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+
+
+def gpu_available() -> bool:
+    """Whether this ONNX Runtime build has a GPU provider (False when it is not installed)."""
+    try:
+        ort: Any = importlib.import_module("onnxruntime")
+    except ImportError:
+        return False
+    return bool(GPU_PROVIDERS & set(ort.get_available_providers()))
+
+
 def open_onnxruntime(
     path: Path, threads: int, *, providers: Sequence[str] = DEFAULT_PROVIDERS
 ) -> OnnxRuntime:
