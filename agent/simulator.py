@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -162,6 +163,17 @@ async def start_in_batches(agents: Sequence[Agent], batch: int = START_BATCH) ->
             waiting = any(o is None for o in outcomes)
 
 
+def device_tls(args: argparse.Namespace, device_id: str) -> dict[str, Any]:
+    """A device's ``[tls]`` settings: the CA, and its own certificate from ``--tls-cert-dir``."""
+    tls: dict[str, Any] = {}
+    if args.tls_ca_file is not None:
+        tls["ca_file"] = str(args.tls_ca_file)
+    if args.tls_cert_dir is not None:
+        tls["cert_file"] = str(args.tls_cert_dir / f"{device_id}.pem")
+        tls["key_file"] = str(args.tls_cert_dir / f"{device_id}.key")
+    return {"tls": tls} if tls else {}
+
+
 async def simulate(args: argparse.Namespace) -> Tally:
     base = {
         "broker": args.broker,
@@ -174,7 +186,7 @@ async def simulate(args: argparse.Namespace) -> Tally:
         "outbox": {"synchronous": args.synchronous},
     }
     ids = device_ids(args.id_prefix, args.devices, args.first_index, args.fleet_size)
-    first = validate({**base, "device_id": ids[0]}, "simulate")
+    first = validate({**base, "device_id": ids[0], **device_tls(args, ids[0])}, "simulate")
     release_key = key_from_flag(args.release_key) if args.release_key else None
     models = load_models(first)
     model = next(iter(models))
@@ -184,7 +196,9 @@ async def simulate(args: argparse.Namespace) -> Tally:
         cache.adopt(f"cfg:{name}", served, refs=len(ids))
     agents = []
     for device_id in ids:
-        settings = validate({**base, "device_id": device_id}, "simulate")
+        settings = validate(
+            {**base, "device_id": device_id, **device_tls(args, device_id)}, "simulate"
+        )
         agents.append(
             Agent(
                 settings,
@@ -268,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backends", default="litert,tflite-runtime", help="backend priority")
     p.add_argument("--mqtt-protocol", choices=["auto", "5", "3.1.1"], default="auto")
+    p.add_argument(
+        "--tls-ca-file", type=Path, metavar="PEM", help="fleet CA for an mqtts:// broker"
+    )
+    p.add_argument(
+        "--tls-cert-dir",
+        type=Path,
+        metavar="DIR",
+        help="each device's certificate and key, DIR/ID.pem and DIR/ID.key (mutual TLS)",
+    )
     p.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds")
     p.add_argument(
         "--synchronous",
