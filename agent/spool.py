@@ -80,14 +80,31 @@ class Spool:
                 )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # Both files hold inputs: a deleted row is overwritten, not left in a free page.
+            conn.execute("PRAGMA secure_delete = ON")
             if version == 0:
                 conn.executescript(
                     f"BEGIN; {self.schema} PRAGMA user_version = {self.schema_version}; COMMIT;"
                 )
+            elif version < self.schema_version:
+                with transaction(conn):
+                    self._upgrade(conn, version)
+                    conn.execute(f"PRAGMA user_version = {self.schema_version}")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    def _in_transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one transaction."""
+        conn = self._db()
+        with transaction(conn):
+            return fn(conn, *args)
+
+    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring a file of schema ``version`` up to :attr:`schema_version` (in a transaction)."""
+        raise OutboxError(f"{self.path}: no upgrade from {self.kind} schema {version}")
 
     def _disconnect(self) -> None:
         if self._conn is not None:

@@ -10,11 +10,17 @@ cloud refuses for good is dropped and counted in ``failed_total``. All three cou
 
 One worker thread owns the connection (:class:`agent.spool.Spool`), so the event loop never waits
 for a commit. Traffic here is the hard cases only, a few per second at most: no group commit.
+
+The inputs are sealed (AES-256-GCM, :mod:`agent.sealing`) under the agent's keyring on the worker
+thread and opened when a case is due; a case whose inputs do not open is deleted
+(``unreadable_total``). Schema 2 is the sealed one: a file of schema 1 is sealed when opened.
+:meth:`DeferredQueue.purge` deletes cases past the retention period (``purged_total``).
 """
 
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +28,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from agent.sealing import SealedColumn, default_keys, load_keys, upgrade_meta
 from agent.spool import Spool, count, transaction
+from protocol.keyring import KeyringFile
+from protocol.sealed import SealedError
 
 Counter = Literal["dropped_total", "expired_total", "failed_total"]
+SEALED = SealedColumn("deferred", "inputs", "deferred")
 
 _SCHEMA = """
 CREATE TABLE deferred (
@@ -35,7 +45,8 @@ CREATE TABLE deferred (
 CREATE INDEX deferred_due ON deferred (next_at);
 CREATE INDEX deferred_model ON deferred (model, id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO meta VALUES ('dropped_total', 0), ('expired_total', 0), ('failed_total', 0);
+INSERT INTO meta VALUES ('dropped_total', 0), ('expired_total', 0), ('failed_total', 0),
+  ('purged_total', 0), ('unreadable_total', 0);
 """
 
 
@@ -62,7 +73,7 @@ class DeferredCase:
     model: str
     created_at: float
     attempts: int
-    inputs: bytes  # pack_inputs()
+    inputs: bytes  # pack_inputs(), opened (sealed on disk)
     result: bytes  # the encoded InferenceResult
 
 
@@ -72,6 +83,8 @@ class DeferredStats:
     dropped_total: int
     expired_total: int
     failed_total: int
+    purged_total: int = 0
+    unreadable_total: int = 0
 
 
 class DeferredQueue(Spool):
@@ -79,9 +92,21 @@ class DeferredQueue(Spool):
 
     kind = "deferred queue"
     schema = _SCHEMA
+    schema_version = 2
 
-    def __init__(self, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        keys: KeyringFile | None = None,
+    ) -> None:
         super().__init__(path, synchronous=synchronous)
+        self.keys = keys if keys is not None else default_keys(self.path)
+
+    async def open(self) -> None:
+        await load_keys(self.keys)
+        await super().open()
 
     async def put(
         self, result_id: str, model: str, created_at: float, inputs: bytes, result: bytes,
@@ -113,16 +138,33 @@ class DeferredQueue(Spool):
     async def stats(self) -> DeferredStats:
         return await self._run(self._stats)
 
+    async def purge(self, before: float) -> int:
+        """Delete every case made before ``before`` (retention); return how many."""
+        return await self._run(self._in_transaction, SEALED.purge, before)
+
+    async def reseal(self, limit: int) -> tuple[int, int]:
+        """Seal again under the current key up to ``limit`` cases sealed under an older one;
+        (resealed, deleted as unreadable)."""
+        return await self._run(self._in_transaction, SEALED.reseal, self.keys, limit)
+
+    async def key_ids(self) -> set[str]:
+        return await self._run(lambda: SEALED.key_ids(self._db()))
+
     # --- on the worker thread ---------------------------------------------------------------
+
+    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
+        upgrade_meta(conn)
+        SEALED.seal_all(conn, self.keys)
 
     def _put(self, row: tuple[str, str, float, bytes, bytes], max_rows: int) -> int:
         conn = self._db()
         result_id, model, created_at, inputs, result = row
+        sealed = SEALED.seal(self.keys, result_id, inputs)
         with transaction(conn):
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO deferred (result_id, model, created_at, next_at, inputs,"
                 " result) VALUES (?, ?, ?, ?, ?, ?)",
-                (result_id, model, created_at, created_at, inputs, result),
+                (result_id, model, created_at, created_at, sealed, result),
             ).rowcount
             if not inserted:
                 return 0
@@ -140,12 +182,24 @@ class DeferredQueue(Spool):
             return max(over, 0)
 
     def _due(self, now: float, limit: int) -> list[DeferredCase]:
-        rows = self._db().execute(
+        conn = self._db()
+        rows = conn.execute(
             "SELECT id, result_id, model, created_at, attempts, inputs, result FROM deferred"
             " WHERE next_at <= ? ORDER BY next_at, id LIMIT ?",
             (now, limit),
-        )
-        return [DeferredCase(*row) for row in rows]
+        ).fetchall()
+        cases = []
+        for rowid, result_id, model, created_at, attempts, sealed, result in rows:
+            try:
+                inputs = SEALED.open(self.keys, result_id, bytes(sealed))
+            except SealedError as exc:
+                with transaction(conn):
+                    SEALED.drop_unreadable(conn, rowid, result_id, exc)
+                continue
+            cases.append(
+                DeferredCase(rowid, result_id, model, created_at, attempts, inputs, result)
+            )
+        return cases
 
     def _next_due(self) -> float | None:
         (when,) = self._db().execute("SELECT min(next_at) FROM deferred").fetchone()
@@ -177,5 +231,6 @@ class DeferredQueue(Spool):
         (depth,) = self._db().execute("SELECT count(*) FROM deferred").fetchone()
         counters = self._counters()
         return DeferredStats(
-            depth, counters["dropped_total"], counters["expired_total"], counters["failed_total"]
-        )
+            depth, counters["dropped_total"], counters["expired_total"], counters["failed_total"],
+            counters["purged_total"], counters["unreadable_total"],
+        )  # fmt: skip

@@ -42,6 +42,7 @@ from agent.offload.deferred import (
 from agent.offload.errors import BreakerOpen, CloudRejected, CloudUnavailable
 from agent.offload.policy import Case, Policy, decide
 from agent.offload.retry import MIN_ATTEMPT_S
+from protocol.keyring import KeyringFile
 from protocol.manifest import ModelManifest
 from protocol.messages import InferenceResult, Offload, decode, encode
 
@@ -102,6 +103,7 @@ class Offloader:
         max_output_values: int = 4096,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        keys: KeyringFile | None = None,
     ) -> None:
         self._models: dict[str, _Model] = {}
         self._client = client or OIPClient()
@@ -118,7 +120,7 @@ class Offloader:
             if cfg.endpoint is not None:
                 self._client.breaker(cfg.endpoint, cfg.breaker_failures, cfg.breaker_cooldown_s)
         self.queue = DeferredQueue(
-            deferred_path, synchronous="NORMAL" if synchronous == "NORMAL" else "FULL"
+            deferred_path, synchronous="NORMAL" if synchronous == "NORMAL" else "FULL", keys=keys
         )
         self._put = put
         self._on_put = on_put

@@ -28,6 +28,19 @@ class SamplesConfig(BaseModel):
     max_bytes: int = Field(
         256 * 2**20, gt=0, description="Bytes of inputs waiting for upload at most."
     )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Kept inputs on the device (waiting for upload, or deferred offload cases) "
+        "older than this are deleted. 0: kept until uploaded or dropped by the bounds.",
+    )
+    key_rotation_days: float = Field(
+        0.0,
+        ge=0,
+        description="Rotate the key that seals kept inputs on the device when it is older than "
+        "this (the old inputs are sealed again, the old key retired). 0: only by "
+        "`edgefleet-agent rotate-key`.",
+    )
 
     @field_validator("control_plane_url")
     @classmethod

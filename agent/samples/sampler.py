@@ -17,6 +17,7 @@ from agent.samples.config import ModelSamples, SamplesConfig
 from agent.samples.policy import Policy, decide, draw
 from agent.samples.store import KeptInput, SampleSpool, SpoolStats
 from agent.samples.uploader import Uploader
+from protocol.keyring import KeyringFile
 from protocol.messages import InferenceResult
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,16 @@ class Sampler:
         *,
         device_id: str,
         path: Path,
+        keys: KeyringFile | None = None,
     ) -> None:
         if config.control_plane_url is None:
             raise ValueError("samples.control_plane_url is not set")
         self.config = config
         self._policies = policies(config, overrides)
         self._default = Policy(share=config.share, low_confidence=config.low_confidence)
-        self.spool = SampleSpool(path, max_rows=config.max_rows, max_bytes=config.max_bytes)
+        self.spool = SampleSpool(
+            path, max_rows=config.max_rows, max_bytes=config.max_bytes, keys=keys
+        )
         self.uploader = Uploader(self.spool, base_url=config.control_plane_url, device_id=device_id)
         self._task: asyncio.Task[None] | None = None
         self._puts: set[asyncio.Task[None]] = set()

@@ -8,6 +8,12 @@ The counters persist. One worker thread owns the connection (:class:`agent.spool
 the deferred queue's does), so the event loop never waits for a commit; traffic is a share of
 requests plus the hard cases, so there is no group commit. ``synchronous=NORMAL``: a kept input
 lost to a power cut is a sample less, not a result lost.
+
+The bytes are sealed (AES-256-GCM, :mod:`agent.sealing`) under the agent's keyring on the worker
+thread: ``data`` holds the sealed blob, ``size`` the input's own size (what the bounds count).
+Reads open them again, so the uploader sees the input as it was given. Schema 2 is the sealed
+one; a file of schema 1 (plaintext, before encryption) is sealed row by row when it is opened.
+Rows made before a retention cutoff are deleted by :meth:`SampleSpool.purge` (``purged_total``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent.sealing import SealedColumn, default_keys, load_keys, upgrade_meta
 from agent.spool import Spool, count, transaction
+from protocol.keyring import KeyringFile
+from protocol.sealed import SealedError
 
 Counter = Literal["dropped_total", "uploaded_total", "rejected_total"]
+SEALED = SealedColumn("samples", "data", "sample")
 
 _SCHEMA = """
 CREATE TABLE samples (
@@ -28,7 +38,8 @@ CREATE TABLE samples (
   created_at REAL NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO meta VALUES ('dropped_total', 0), ('uploaded_total', 0), ('rejected_total', 0);
+INSERT INTO meta VALUES ('dropped_total', 0), ('uploaded_total', 0), ('rejected_total', 0),
+  ('purged_total', 0), ('unreadable_total', 0);
 """
 _COUNT = "SELECT count(*), coalesce(sum(size), 0) FROM samples"
 
@@ -57,6 +68,8 @@ class SpoolStats:
     dropped_total: int
     uploaded_total: int
     rejected_total: int
+    purged_total: int = 0
+    unreadable_total: int = 0
 
 
 def plan_drop(sizes: list[int], rows: int, total: int, max_rows: int, max_bytes: int) -> int:
@@ -74,11 +87,19 @@ class SampleSpool(Spool):
 
     kind = "sample spool"
     schema = _SCHEMA
+    schema_version = 2
 
-    def __init__(self, path: Path, *, max_rows: int, max_bytes: int) -> None:
+    def __init__(
+        self, path: Path, *, max_rows: int, max_bytes: int, keys: KeyringFile | None = None
+    ) -> None:
         super().__init__(path, synchronous="NORMAL")
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.keys = keys if keys is not None else default_keys(self.path)
+
+    async def open(self) -> None:
+        await load_keys(self.keys)
+        await super().open()
 
     async def put(self, item: KeptInput) -> int:
         """Keep an input (a result id already here is left as it is); drop the oldest past the
@@ -95,17 +116,35 @@ class SampleSpool(Spool):
     async def stats(self) -> SpoolStats:
         return await self._run(self._stats)
 
+    async def purge(self, before: float) -> int:
+        """Delete the inputs of results made before ``before`` (retention); return how many."""
+        return await self._run(self._in_transaction, SEALED.purge, before)
+
+    async def reseal(self, limit: int) -> tuple[int, int]:
+        """Seal again under the current key up to ``limit`` inputs sealed under an older one
+        (key rotation); (resealed, deleted as unreadable)."""
+        return await self._run(self._in_transaction, SEALED.reseal, self.keys, limit)
+
+    async def key_ids(self) -> set[str]:
+        """The keys the inputs here are sealed under."""
+        return await self._run(lambda: SEALED.key_ids(self._db()))
+
     # --- on the worker thread ---------------------------------------------------------------
+
+    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
+        upgrade_meta(conn)
+        SEALED.seal_all(conn, self.keys)
 
     def _put(self, item: KeptInput) -> int:
         conn = self._db()
+        sealed = SEALED.seal(self.keys, item.result_id, item.data)
         with transaction(conn):
             inserted = conn.execute(
                 "INSERT OR IGNORE INTO samples (result_id, model, model_version, reason,"
                 " content_type, created_at, size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     item.result_id, item.model, item.model_version, item.reason,
-                    item.content_type, item.created_at, len(item.data), item.data,
+                    item.content_type, item.created_at, len(item.data), sealed,
                 ),
             ).rowcount  # fmt: skip
             return self._trim(conn) if inserted else 0
@@ -122,12 +161,23 @@ class SampleSpool(Spool):
         return drop
 
     def _oldest(self, limit: int) -> list[SpooledInput]:
-        rows = self._db().execute(
+        conn = self._db()
+        rows = conn.execute(
             "SELECT id, result_id, model, model_version, reason, content_type, created_at, data"
             " FROM samples ORDER BY id LIMIT ?",
             (limit,),
-        )
-        return [SpooledInput(row[0], KeptInput(*row[1:])) for row in rows]
+        ).fetchall()
+        out = []
+        for rowid, result_id, model, version, reason, kind, created_at, sealed in rows:
+            try:
+                data = SEALED.open(self.keys, result_id, bytes(sealed))
+            except SealedError as exc:
+                with transaction(conn):
+                    SEALED.drop_unreadable(conn, rowid, result_id, exc)
+                continue
+            item = KeptInput(result_id, model, version, reason, kind, created_at, data)
+            out.append(SpooledInput(rowid, item))
+        return out
 
     def _done(self, rowid: int, counter: Counter) -> None:
         conn = self._db()
@@ -140,5 +190,5 @@ class SampleSpool(Spool):
         counters = self._counters()
         return SpoolStats(
             depth, size, counters["dropped_total"], counters["uploaded_total"],
-            counters["rejected_total"],
+            counters["rejected_total"], counters["purged_total"], counters["unreadable_total"],
         )  # fmt: skip

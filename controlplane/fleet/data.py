@@ -1,4 +1,5 @@
-"""``edgefleet data export``: the fleet's kept inputs as a labelled data set on disk.
+"""``edgefleet data export``: the fleet's kept inputs as a labelled data set on disk
+(``data delete``, ``data rotate-key`` and ``data keys`` are in :mod:`controlplane.fleet.custody`).
 
 The layout (docs/data.md)::
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controlplane.fleet import custody
 from controlplane.fleet.client import FleetClient, FleetError, add_client_flags
 from controlplane.fleet.output import Progress, emit, table
 
@@ -53,6 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_client_flags(p)
     p.set_defaults(handler=export)
+    custody.configure(sub)  # delete, rotate-key, keys
 
 
 # -- naming (pure) ---------------------------------------------------------------------------------

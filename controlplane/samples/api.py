@@ -1,13 +1,15 @@
 """The data loop's REST routes (docs/data.md): kept inputs, feedback, data sets, evaluations.
 
-Inputs arrive as a raw body, ``PUT`` by result id (a retry stores nothing twice), and are kept as
-files named by their SHA-256 under ``DATA_DIR/samples/`` (:class:`ArtifactStore`, the registry's
-content-addressed store, in a directory of its own). Parameter parsing is pure and answers a bad
-value with 400 naming it.
+Inputs arrive as a raw body, ``PUT`` by result id (a retry stores nothing twice), and are kept
+sealed (AES-256-GCM) in files of their own under ``DATA_DIR/samples/sealed/``
+(:class:`~controlplane.samples.vault.Vault`); ``GET`` opens them again. Parameter parsing is pure
+and answers a bad value with 400 naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -16,14 +18,15 @@ from typing import Any
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from controlplane.api import Context, check_known, parse_device_id, parse_limit, parse_since
-from controlplane.errors import BadRequest, NotFound, TooLarge
-from controlplane.registry.artifacts import ArtifactStore
+from controlplane.errors import BadRequest, NotFound, Refused, TooLarge
 from controlplane.samples import queries
+from controlplane.samples.keeper import Keeper
 from controlplane.samples.labels import judge_evaluation
+from controlplane.samples.vault import KeyRetired, Vault
 from controlplane.store import decode_cursor, encode_cursor
 
 RESULT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -154,8 +157,38 @@ def _ctx(request: Request) -> Context:
     return ctx
 
 
-def _files(ctx: Context) -> ArtifactStore:
-    return ArtifactStore(ctx.settings.data_dir / "samples")
+class NotConfigured(Refused):
+    """An app built without a keeper of kept inputs (503: nothing the client can fix)."""
+
+    status = 503
+
+
+class Busy(Refused):
+    """503: try the same request again later."""
+
+    status = 503
+
+
+def keeper_of(ctx: Context) -> Keeper:
+    if ctx.keeper is None:
+        raise NotConfigured("kept inputs are not configured on this control plane")
+    return ctx.keeper
+
+
+async def read_body(request: Request, limit: int, too_large: str) -> bytes:
+    """The request's body, refused past ``limit`` bytes before more is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(too_large)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(too_large)
+        chunks.append(chunk)
+    if size == 0:
+        raise BadRequest("body", "empty: PUT the input's bytes as the request body")
+    return b"".join(chunks)
 
 
 def _key(request: Request) -> tuple[str, str]:
@@ -175,36 +208,61 @@ async def put_sample(request: Request) -> Response:
     reason = parse_reason(q.get("reason"))
     created_at = parse_time(q.get("created_at"), now)
     kind = parse_content_type(request.headers.get("content-type"))
+    vault = keeper_of(ctx).vault
     limit = ctx.settings.max_sample_bytes
-    declared = request.headers.get("content-length")
-    too_large = f"the input is larger than max_sample_bytes ({limit} bytes)"
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(too_large)
-    try:
-        stored = await _files(ctx).write(request.stream(), limit)
-    except TooLarge:
-        raise TooLarge(too_large) from None
-    sample = queries.NewSample(
-        device_id, result_id, stored.sha256, stored.size, kind, model, version, reason,
-        created_at, now,
-    )  # fmt: skip
-    created = await ctx.store.transact(queries.insert_sample, sample)
-    body = {"sha256": stored.sha256, "size": stored.size,
+    data = await read_body(
+        request, limit, f"the input is larger than max_sample_bytes ({limit} bytes)"
+    )
+    sha256 = hashlib.sha256(data).hexdigest()
+    body = {"sha256": sha256, "size": len(data),
             "sample_url": queries.sample_path(device_id, result_id)}  # fmt: skip
+    filed = await ctx.store.read(queries.query_sample, device_id, result_id)
+    if filed is not None:  # a retry: nothing to seal (the transaction checks again)
+        queries.check_same_input(filed["sha256"], sha256, device_id, result_id)
+        return JSONResponse(body, status_code=200)
+    created = await _file_sealed(ctx, vault, data, queries.NewSample(
+        device_id, result_id, sha256, len(data), kind, model, version, reason, created_at, now,
+    ))  # fmt: skip
     return JSONResponse(body, status_code=201 if created else 200)
+
+
+async def _file_sealed(ctx: Context, vault: Vault, data: bytes, sample: queries.NewSample) -> bool:
+    """Seal the input into a file, then file its row (the file goes again if the row is not
+    written: a retry, a conflict, or the key retired meanwhile, which seals it again)."""
+    for _ in range(3):
+        sealed = await anyio.to_thread.run_sync(
+            vault.write, sample.device_id, sample.result_id, data
+        )
+        row = dataclasses.replace(sample, blob=sealed.name, key_id=sealed.key_id)
+        try:
+            created = await ctx.store.transact(queries.insert_sample, row, vault.keys.holds)
+        except KeyRetired:
+            await anyio.to_thread.run_sync(vault.remove, [sealed.name])
+            continue
+        except Exception:  # a conflict, the store unavailable: no row names the file
+            await anyio.to_thread.run_sync(vault.remove, [sealed.name])
+            raise
+        if not created:  # the same bytes were filed meanwhile
+            await anyio.to_thread.run_sync(vault.remove, [sealed.name])
+        return created
+    raise Busy("the data key was rotated three times while this input was filed: try again")
 
 
 async def get_sample(request: Request) -> Response:
     ctx = _ctx(request)
     check_known(request.query_params.keys(), ())
     device_id, result_id = _key(request)
+    vault = keeper_of(ctx).vault
     sample = await ctx.store.read(queries.query_sample, device_id, result_id)
     if sample is None:
         raise NotFound(f"no input of result {result_id} of device {device_id} is stored")
-    path = _files(ctx).path(sample["sha256"])
-    if not await anyio.to_thread.run_sync(path.is_file):
-        raise NotFound(f"the input of result {result_id} is filed but its file is gone")
-    return FileResponse(path, media_type=sample["content_type"], headers={
+    if sample["blob"] is not None:
+        data = await anyio.to_thread.run_sync(vault.read, device_id, result_id, sample["blob"])
+    else:  # stored before encryption and not sealed yet (the keeper does it)
+        data = await anyio.to_thread.run_sync(
+            vault.read_legacy, device_id, result_id, sample["sha256"]
+        )
+    return Response(data, media_type=sample["content_type"], headers={
         "ETag": f'"{sample["sha256"]}"', "X-Edgefleet-Reason": sample["reason"],
     })  # fmt: skip
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.samples.labels import best_label
+from controlplane.samples.vault import KeyRetired
 
 IN_CHUNK = 400  # bound parameters per IN (...) list
 
@@ -33,35 +35,48 @@ class NewSample:
     reason: str
     created_at: float
     received_at: float
+    blob: str | None = None  # its sealed file (controlplane/samples/vault.py)
+    key_id: str | None = None  # the key it is sealed under
 
 
-def insert_sample(conn: sqlite3.Connection, s: NewSample) -> bool:
+def insert_sample(
+    conn: sqlite3.Connection, s: NewSample, holds: Callable[[str], bool] | None = None
+) -> bool:
     """File an input; False when the same bytes were filed for this result before (a retry).
-    Conflict when other bytes were: a result has one input."""
+    Conflict when other bytes were: a result has one input. :class:`KeyRetired` when ``holds``
+    says the key it is sealed under was retired meanwhile (seal it again)."""
+    if s.key_id is not None and holds is not None and not holds(s.key_id):
+        raise KeyRetired(s.key_id)
     row = conn.execute(
         "SELECT sha256 FROM samples WHERE device_id = ? AND result_id = ?",
         [s.device_id, s.result_id],
     ).fetchone()
     if row is not None:
-        if row[0] != s.sha256:
-            raise Conflict(
-                f"result {s.result_id} of {s.device_id} has another input filed already "
-                f"({row[0][:12]}, not {s.sha256[:12]}): a result has one input"
-            )
+        check_same_input(row[0], s.sha256, s.device_id, s.result_id)
         return False
     conn.execute(
         "INSERT INTO samples (device_id, result_id, sha256, size, content_type, model,"
-        " model_version, reason, created_at, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " model_version, reason, created_at, received_at, blob, key_id)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         [s.device_id, s.result_id, s.sha256, s.size, s.content_type, s.model, s.model_version,
-         s.reason, s.created_at, s.received_at],
+         s.reason, s.created_at, s.received_at, s.blob, s.key_id],
     )  # fmt: skip
     return True
+
+
+def check_same_input(filed: str, sha256: str, device_id: str, result_id: str) -> None:
+    """Conflict unless the input filed for a result (its SHA-256) is the one sent again."""
+    if filed != sha256:
+        raise Conflict(
+            f"result {result_id} of {device_id} has another input filed already "
+            f"({filed[:12]}, not {sha256[:12]}): a result has one input"
+        )
 
 
 def query_sample(conn: sqlite3.Connection, device_id: str, result_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT device_id, result_id, sha256, size, content_type, model, model_version, reason,"
-        " created_at, received_at FROM samples WHERE device_id = ? AND result_id = ?",
+        " created_at, received_at, blob, key_id FROM samples WHERE device_id = ? AND result_id = ?",
         [device_id, result_id],
     ).fetchone()
     return None if row is None else dict(zip(_SAMPLE_KEYS, row, strict=True))
@@ -69,7 +84,7 @@ def query_sample(conn: sqlite3.Connection, device_id: str, result_id: str) -> di
 
 _SAMPLE_KEYS = (
     "device_id", "result_id", "sha256", "size", "content_type", "model", "model_version",
-    "reason", "created_at", "received_at",
+    "reason", "created_at", "received_at", "blob", "key_id",
 )  # fmt: skip
 
 

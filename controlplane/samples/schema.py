@@ -45,3 +45,22 @@ def v5_samples(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX evaluations_release ON evaluations (name, version, id)")
+
+
+def v8_data_protection(db: Database) -> None:
+    """Schema version 8: kept inputs sealed at rest (docs/data.md, "Encryption at rest").
+
+    - ``samples.blob``: the sealed file of the input, relative to ``DATA_DIR/samples/``
+      (``sealed/ab/<32 hex>``); NULL for an input stored before version 8, whose plaintext is
+      still the file named by its SHA-256. The control plane seals those after it starts
+      (:class:`controlplane.samples.keeper.Keeper`): a migration has no keys.
+    - ``samples.key_id``: the keyring key the input is sealed under (NULL: not sealed yet), so
+      a rotation finds what an old key sealed without opening a file.
+    - indexes for the retention purge (by either time) and deletion by device and time.
+    """
+    db.execute("ALTER TABLE samples ADD COLUMN blob TEXT")
+    db.execute("ALTER TABLE samples ADD COLUMN key_id TEXT")
+    db.execute("CREATE INDEX samples_key ON samples (key_id)")
+    db.execute("CREATE INDEX samples_device_time ON samples (device_id, created_at)")
+    db.execute("CREATE INDEX samples_created ON samples (created_at)")
+    db.execute("CREATE INDEX samples_received ON samples (received_at)")

@@ -3,6 +3,7 @@ data sets with the best label of each input, evaluations and the rollout gate.""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from controlplane.settings import Settings
 from controlplane.store import Store
 from protocol.messages import ClassScore, CloudAnswer, InferenceResult, Offload
 from tests.controlplane import messages as m
+from tests.controlplane.auth_helpers import authorize
 from tests.controlplane.rollouts.devices import PlayedDevice, add_release
 
 DEVICE = "cam-1"
@@ -36,7 +38,8 @@ def app(tmp_path: Path, store: Store) -> Starlette:
 @pytest.fixture
 async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    http = httpx.AsyncClient(transport=transport, base_url="http://cp")
+    async with authorize(http, app.state.ctx.store) as c:
         yield c
 
 
@@ -94,14 +97,10 @@ async def test_a_kept_input_is_filed_once_by_result_id(
     assert got.status_code == 200
     assert got.content == PNG
     assert got.headers["content-type"] == "image/png"
+    assert first.json()["sha256"] == hashlib.sha256(PNG).hexdigest()
     files = [p for p in (tmp_path / "data" / "samples").rglob("*") if p.is_file()]
-    assert sorted(p.name for p in files) == sorted({first.json()["sha256"], _sha(b"other")})
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
+    assert len(files) == 1  # one sealed file: the retry and the refused bytes left none
+    assert b"pixels" not in files[0].read_bytes()  # and it does not hold the input in clear
 
 
 async def test_an_input_past_the_limit_is_413_and_not_filed(client: httpx.AsyncClient) -> None:
