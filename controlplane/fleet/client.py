@@ -16,6 +16,7 @@ from controlplane.errors import ControlPlaneError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "EDGEFLEET_SERVER"
+TOKEN_ENV = "EDGEFLEET_TOKEN"
 CHUNK = 256 * 1024
 
 
@@ -37,6 +38,18 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="seconds per HTTP request"
     )
+    parser.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help=f"API token (default: ${TOKEN_ENV}; prefer the variable: flags show in `ps`)",
+    )
+
+
+def api_token(flag: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The API token: the flag, then the environment; None when neither is set."""
+    env = os.environ if environ is None else environ
+    return flag or env.get(TOKEN_ENV) or None
 
 
 def server_url(flag: str | None, environ: dict[str, str] | None = None) -> str:
@@ -51,13 +64,15 @@ def server_url(flag: str | None, environ: dict[str, str] | None = None) -> str:
 class FleetClient:
     """A thin synchronous client; every method returns the decoded JSON body."""
 
-    def __init__(self, server: str, timeout: float = 30.0) -> None:
+    def __init__(self, server: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.server = server
-        self._http = httpx.Client(base_url=server, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.Client(base_url=server, timeout=timeout, headers=headers)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FleetClient:
-        return cls(server_url(args.server), timeout=args.timeout)
+        token = api_token(getattr(args, "token", None))
+        return cls(server_url(args.server), timeout=args.timeout, token=token)
 
     def close(self) -> None:
         self._http.close()
@@ -147,6 +162,8 @@ def decode(method: str, url: str, response: httpx.Response) -> Any:
     message = body.get("error") if isinstance(body, dict) else None
     if not message:
         message = response.text.strip()[:200] or response.reason_phrase
+    if response.status_code == 401 and TOKEN_ENV not in message:
+        message += f" (set {TOKEN_ENV} or pass --token; create one with `edgefleet tokens create`)"
     error = FleetError(f"{message} (HTTP {response.status_code} from {method} {url})")
     error.status = response.status_code
     raise error

@@ -19,6 +19,7 @@ from controlplane.records import Incoming
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.controlplane import messages as m
+from tests.controlplane.auth_helpers import authorize
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -28,8 +29,10 @@ def settings(tmp_path: Path, **change: Any) -> Settings:
 
 
 def client_for(app: Starlette) -> httpx.AsyncClient:
+    """A client on ``app`` with an admin's token (tests/controlplane/auth_helpers.py)."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://cp")
+    client = httpx.AsyncClient(transport=transport, base_url="http://cp")
+    return authorize(client, app.state.ctx.store)
 
 
 @pytest.fixture

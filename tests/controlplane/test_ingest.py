@@ -24,6 +24,7 @@ from protocol.messages import Status, encode
 from protocol.mqtt import MQTTClient
 from protocol.topics import Channel, device_topic
 from tests.controlplane import messages as m
+from tests.controlplane.auth_helpers import authorize
 from tests.mosquitto import Mosquitto
 
 T = TypeVar("T")
@@ -51,7 +52,9 @@ async def controlplane(
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cp") as client:
+        http = httpx.AsyncClient(transport=transport, base_url="http://cp")
+        client = authorize(http, app.state.ctx.store)
+        async with client:
 
             async def healthy() -> bool:
                 return (await client.get("/healthz")).status_code == 200

@@ -18,6 +18,7 @@ from controlplane.records import Incoming, plan
 from controlplane.settings import Settings
 from controlplane.store import Store
 from protocol.messages import ClassScore, CloudAnswer, InferenceResult, Offload, ResultBatch
+from tests.controlplane.auth_helpers import authorize
 
 DEVICE = "dev-offload"
 
@@ -60,7 +61,7 @@ async def client(tmp_path: Path, store: Store) -> AsyncIterator[httpx.AsyncClien
     settings = Settings(broker="mqtt://127.0.0.1:1", data_dir=tmp_path)
     app = create_app(settings, store=store, mqtt=False)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    async with authorize(httpx.AsyncClient(transport=transport, base_url="http://cp"), store) as c:
         yield c
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from controlplane.cli import serve_argv
+from tests.controlplane.auth_helpers import make_token
 from tests.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,10 +83,16 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, *procs:
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs}")
 
 
+TOKENS: dict[str, str] = {}
+"""An admin's API token per control plane URL, which :func:`cli` sends (auth_helpers.py)."""
+
+
 class ControlPlane(Process):
     def __init__(self, broker_url: str, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / "cp"
+        self.headers: dict[str, str] = {}
         super().__init__(
             "controlplane",
             # A client id of its own: a control plane of an earlier test leaves a persistent session
@@ -104,9 +112,12 @@ class ControlPlane(Process):
         wait_until(
             "control plane health", lambda: self.get("/healthz").status_code == 200, 60, self
         )
+        if not self.headers:  # an admin, once: a restarted control plane keeps its store
+            self.headers = {"Authorization": f"Bearer {make_token(self.data_dir)}"}
+        TOKENS[self.url] = self.headers["Authorization"].removeprefix("Bearer ")
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=10)
+        return httpx.get(self.url + path, params=params, headers=self.headers, timeout=10)
 
     def results(self, device_id: str) -> list[dict[str, Any]]:
         """Every stored result of a device, through the paged API."""
@@ -206,6 +217,14 @@ class Simulator(Process):
         )  # fmt: skip
 
 
+def cli_env(server: str) -> dict[str, str]:
+    """This environment, with the admin token of the control plane at ``server`` (if known)."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_TOKEN"}
+    if server in TOKENS:
+        env["EDGEFLEET_TOKEN"] = TOKENS[server]
+    return env
+
+
 def cli(server: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``edgefleet ARGS --server SERVER`` as a real process; its output as text."""
     return subprocess.run(
@@ -215,4 +234,5 @@ def cli(server: str, *args: str, timeout: float = 300) -> subprocess.CompletedPr
         timeout=timeout,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
+        env=cli_env(server),
     )

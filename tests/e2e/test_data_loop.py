@@ -16,7 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.processes import ROOT, AgentProcess, ControlPlane, digit_pngs, wait_until
+from tests.e2e.processes import (
+    ROOT,
+    AgentProcess,
+    ControlPlane,
+    cli_env,
+    digit_pngs,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,7 +36,7 @@ COUNT = 40
 def edgefleet(server: str, *argv: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "controlplane", *argv, "--server", server],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env=cli_env(server),
     )  # fmt: skip
     assert "Traceback" not in done.stderr, done.stderr
     return done
@@ -73,9 +80,10 @@ def test_kept_inputs_are_labelled_exported_and_judge_a_release(
         assert {r["result_id"] for r in results} == set(sent)
         for result in results:  # the operator labels every input with the truth
             url = f"{cp.url}/api/v1/results/{device_id}/{result['result_id']}/feedback"
-            given = httpx.put(url, json={"label": str(sent[result["result_id"]][1])}, timeout=10)
+            label = {"label": str(sent[result["result_id"]][1])}
+            given = httpx.put(url, json=label, headers=cp.headers, timeout=10)
             assert given.status_code == 200, given.text
-        sample = httpx.get(cp.url + results[0]["sample_url"], timeout=10)
+        sample = httpx.get(cp.url + results[0]["sample_url"], headers=cp.headers, timeout=10)
         assert sample.content == sent[results[0]["result_id"]][0]
 
         out = tmp_path / "export"
@@ -112,8 +120,9 @@ def test_kept_inputs_are_labelled_exported_and_judge_a_release(
         assert refused.returncode == 1
         assert "does worse than the incumbent" in refused.stderr and "HTTP 409" in refused.stderr
         stored = httpx.get(
-            f"{cp.url}/api/v1/models/{MODEL}/releases/2.2.0-broken/evaluations", timeout=10
-        ).json()
+            f"{cp.url}/api/v1/models/{MODEL}/releases/2.2.0-broken/evaluations",
+            headers=cp.headers, timeout=10,
+        ).json()  # fmt: skip
         assert stored["count"] == 1
     finally:
         agent.stop()

@@ -14,7 +14,7 @@ import pytest
 from agent.samples.store import KeptInput, SampleSpool
 from agent.samples.uploader import Answer, Uploader, outcome, wait_s
 from controlplane.settings import Settings
-from tests.live import live_control_plane
+from tests.live import headers, live_control_plane
 from tests.mosquitto import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 40
@@ -89,7 +89,7 @@ async def test_inputs_are_uploaded_and_a_refused_one_is_dropped(
     stats = await spool.stats()
     await spool.close()
     assert (stats.uploaded_total, stats.rejected_total) == (2, 1)
-    async with httpx.AsyncClient(base_url=control_plane) as client:
+    async with httpx.AsyncClient(base_url=control_plane, headers=headers()) as client:
         got = await client.get("/api/v1/samples/cam-1/r1")
         assert got.status_code == 200 and got.content == PNG
         assert (await client.get("/api/v1/samples/cam-1/big")).status_code == 404

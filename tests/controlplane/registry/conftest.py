@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from controlplane.app import create_app
 from controlplane.settings import Settings
 from controlplane.store import Store
+from tests.controlplane.auth_helpers import authorize
 
 DIGITS = Path(__file__).resolve().parents[3] / "models" / "digits"
 
@@ -24,8 +25,10 @@ def settings(tmp_path: Path, **change: Any) -> Settings:
 
 
 def client_for(app: Starlette) -> httpx.AsyncClient:
+    """A client on ``app`` with an admin's token (tests/controlplane/auth_helpers.py)."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://cp")
+    client = httpx.AsyncClient(transport=transport, base_url="http://cp")
+    return authorize(client, app.state.ctx.store)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from controlplane.registry.keys import ReleaseKey
 from protocol.release import open_release
 from protocol.signing import public_key_from_text
 from tests.controlplane.registry.conftest import DIGITS, settings
-from tests.live import live_control_plane, run_cli
+from tests.live import headers, live_control_plane, run_cli
 from tests.mosquitto import free_port
 
 
@@ -81,7 +81,7 @@ def test_an_onnx_artifact_with_golden_inputs_beside_the_manifest(
 
 
 def _nothing_stored(server: str) -> None:
-    assert httpx.get(f"{server}/api/v1/models").json()["count"] == 0
+    assert httpx.get(f"{server}/api/v1/models", headers=headers()).json()["count"] == 0
 
 
 def test_bad_inputs_fail_before_any_upload(

@@ -19,6 +19,7 @@ from controlplane.rollouts.api import parse_start
 from controlplane.settings import Settings
 from controlplane.store import Store
 from protocol.release import DeploymentReport, SmokeStats
+from tests.controlplane.auth_helpers import authorize
 from tests.controlplane.rollouts.devices import PlayedDevice, add_release
 
 SITE = "lab"
@@ -41,7 +42,7 @@ async def client(app: Starlette, store: Store) -> AsyncIterator[httpx.AsyncClien
     ]
     await store.write(*[Incoming(b.device_id, time.time(), b) for b in births])
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    async with authorize(httpx.AsyncClient(transport=transport, base_url="http://cp"), store) as c:
         yield c
 
 

@@ -19,7 +19,7 @@ from controlplane.registry.keys import ReleaseKey
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.controlplane.rollouts.devices import PlayedDevice, add_release
-from tests.live import live_control_plane, run_cli
+from tests.live import headers, live_control_plane, run_cli
 
 
 async def _seed(data_dir: Path) -> None:
@@ -57,7 +57,7 @@ def test_start_list_status_and_actions(capsys: pytest.CaptureFixture[str], serve
     assert code == 0, err
     assert "started: digits:2 to 3 devices in 2 waves" in out
     rid = out.split()[1]
-    stored = httpx.get(f"{server}/api/v1/rollouts/{rid}").json()
+    stored = httpx.get(f"{server}/api/v1/rollouts/{rid}", headers=headers()).json()
     # the failure-rate gate is kept beside explicit gates (docs/rollouts.md says why)
     assert stored["gates"] == ["failure_rate<=0.1", "error_rate<0.02"]
     assert stored["on_halt"] == "pause"
@@ -115,12 +115,17 @@ def test_start_mistakes_are_one_line(
 def test_wait_follows_until_the_end_and_fails_unless_completed(
     capsys: pytest.CaptureFixture[str], server: str
 ) -> None:
+    auth = headers()
+
     def abort_when_running() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            running = httpx.get(f"{server}/api/v1/rollouts", params={"state": "running"}).json()
+            running = httpx.get(
+                f"{server}/api/v1/rollouts", params={"state": "running"}, headers=auth
+            ).json()
             if running["rollouts"]:
-                httpx.post(f"{server}/api/v1/rollouts/{running['rollouts'][0]['id']}/abort")
+                rid = running["rollouts"][0]["id"]
+                httpx.post(f"{server}/api/v1/rollouts/{rid}/abort", headers=auth)
                 return
             time.sleep(0.05)
 

@@ -15,6 +15,7 @@ import pytest
 from controlplane.api import Context
 from controlplane.app import create_app
 from controlplane.settings import Settings
+from tests.controlplane.auth_helpers import authorize
 from tests.controlplane.rollouts.devices import (
     PlayedDevice,
     add_release,
@@ -42,7 +43,8 @@ async def control_plane(
         assert ctx.ingestor is not None and ctx.rollouts is not None
         await ctx.ingestor.client.wait_connected(10)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cp") as http:
+        http = authorize(httpx.AsyncClient(transport=transport, base_url="http://cp"), ctx.store)
+        async with http:
             yield ctx, http
 
 
