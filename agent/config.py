@@ -24,8 +24,10 @@ else:  # Python 3.10 (JetPack 6 on Jetson)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from agent.identity.config import TLSConfig
 from agent.offload.config import OffloadConfig
 from agent.samples.config import ModelSamples, SamplesConfig
+from agent.supervisor.config import SupervisorConfig
 from protocol.topics import validate_device_id
 
 
@@ -95,6 +97,12 @@ class AgentSettings(_Section):
     mqtt_protocol: Literal["auto", "5", "3.1.1"] = Field(
         "auto", description="auto: MQTT v5, falling back to 3.1.1 when the broker refuses v5."
     )
+    mqtt_session_expiry_s: int = Field(
+        0,
+        ge=0,
+        description="Seconds the broker keeps this device's session (and the commands sent to "
+        "it) while it is offline; 0: a clean session at every connect.",
+    )
     listen: str = Field("127.0.0.1:8500", description="host:port of the local inference API.")
     data_dir: Path = Field(Path("/var/lib/edgefleet"), description="Outbox and model state.")
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
@@ -120,6 +128,8 @@ class AgentSettings(_Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     samples: SamplesConfig = Field(default_factory=SamplesConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
 
     @field_validator("device_id")
     @classmethod
@@ -151,8 +161,10 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "uplink": UplinkConfig,
     "deploy": DeployConfig,
     "samples": SamplesConfig,
+    "tls": TLSConfig,
+    "supervisor": SupervisorConfig,
 }
-_SPECIAL = {"models", "outbox", "uplink", "deploy", "samples"}
+_SPECIAL = {"models", "outbox", "uplink", "deploy", "samples", "supervisor", "tls"}
 
 
 def _flag_targets() -> dict[str, tuple[str, ...]]:

@@ -19,14 +19,19 @@ import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import __version__
+from agent.commands import CommandRunner, agent_handlers
 from agent.config import AgentSettings, ModelConfig
+from agent.custody import Custody, KeptInputs
 from agent.deploy.cache import ModelCache
 from agent.deploy.deployer import Deployer
 from agent.deploy.shadow import ShadowInput
+from agent.identity.files import mqtt_tls
 from agent.inference import InferenceOutput, ServedModel
 from agent.offload.offloader import Offloader, configured_offloads
 from agent.outbox import Outbox
 from agent.samples.sampler import Sampler
+from agent.sealing import keyring_of
+from agent.supervisor.engines import restarts_total
 from agent.telemetry import HostProbe, InferenceStats
 from agent.uplink import Uplink, make_will
 from protocol.manifest import ModelManifest
@@ -48,6 +53,7 @@ def load_models(settings: AgentSettings) -> dict[str, ServedModel]:
             priority=cfg.backends or settings.backends,
             threads=settings.threads,
             max_output_values=settings.max_output_values,
+            supervision=settings.supervisor,
         )
         if served.name in models:
             served.close()
@@ -75,6 +81,7 @@ def configured_loaders(
             priority=cfg.backends or settings.backends,
             threads=settings.threads,
             max_output_values=settings.max_output_values,
+            supervision=settings.supervisor,
         )
 
     return {name: loader(cfg) for name, cfg in zip(models, settings.models, strict=False)}
@@ -93,6 +100,8 @@ def accelerators(models: Mapping[str, ServedModel]) -> list[Accelerator]:
     for served in models.values():
         if served.backend == "edgetpu":
             found.append(Accelerator(kind="edgetpu", present=True))
+        elif "edgetpu" in served.demoted_backends:  # there, but it kept crashing or hanging
+            found.append(Accelerator(kind="edgetpu", present=True, detail=served.fallback_reason))
         elif served.fallback_reason and "edgetpu" in served.fallback_reason:
             found.append(Accelerator(kind="edgetpu", present=False, detail=served.fallback_reason))
     return found
@@ -133,7 +142,10 @@ class Agent:
             client_id=f"edgefleet-agent-{self.device_id}",
             will=make_will(self.device_id),
             protocol=settings.mqtt_protocol,
+            clean_start=settings.mqtt_session_expiry_s == 0,
+            session_expiry=settings.mqtt_session_expiry_s,
             on_message=self._on_message,
+            tls=mqtt_tls(settings),  # [tls]: the device certificate for an mqtts:// broker
         )
         self.uplink = Uplink(
             device_id=self.device_id,
@@ -146,6 +158,8 @@ class Agent:
             ack_timeout=settings.uplink.ack_timeout_s,
             linger=settings.uplink.linger_s,
         )
+        # Seals the inputs kept on disk (samples, deferred cases): agent/custody.py.
+        self.keys = keyring_of(self.outbox.path.parent)
         offloads = configured_offloads(list(models), [cfg.offload for cfg in settings.models])
         self.offloader: Offloader | None = None
         if offloads:
@@ -156,6 +170,7 @@ class Agent:
                 on_put=self.uplink.wake,
                 synchronous=settings.outbox.synchronous,
                 max_output_values=settings.max_output_values,
+                keys=self.keys,
             )
         self._offload_task: asyncio.Task[None] | None = None
         self.sampler: Sampler | None = None  # keeps inputs for the data loop (docs/data.md)
@@ -165,8 +180,21 @@ class Agent:
                 {name: cfg.samples for name, cfg in zip(models, settings.models, strict=False)},
                 device_id=self.device_id,
                 path=self.outbox.path.with_name("samples.db"),
+                keys=self.keys,
             )
+        kept: list[KeptInputs] = [self.sampler.spool] if self.sampler is not None else []
+        if self.offloader is not None:
+            kept.append(self.offloader.queue)
+        self.custody = Custody(  # their key, its rotation, their retention
+            self.keys,
+            kept,
+            retention_days=settings.samples.retention_days,
+            rotation_days=settings.samples.key_rotation_days,
+        )
+        self._custody_task: asyncio.Task[None] | None = None
         self._probe = probe
+        self._announced = self._serving()
+        self._announcing: set[asyncio.Task[None]] = set()
         self._last_telemetry = time.monotonic()
         self._uplink_task: asyncio.Task[None] | None = None
         self._desired_topic = device_topic(self.device_id, Channel.DESIRED)
@@ -183,6 +211,12 @@ class Agent:
             publish=self._publish_report,
             on_swap=self.announce,
         )
+        self.commands = CommandRunner(  # remote commands (docs/operations.md)
+            self.device_id,
+            self.client,
+            agent_handlers(self),
+            ack_timeout=settings.uplink.ack_timeout_s,
+        )
         announce_after_uplink = self.client.on_connect
 
         async def on_connect() -> None:
@@ -195,19 +229,25 @@ class Agent:
     async def start(self) -> None:
         """Open the outbox, serve the deployed models (see agent.deploy), then connect."""
         await self.outbox.open()
+        if self.custody.files:
+            await self.custody.open()
         if self.offloader is not None:
             await self.offloader.start()
             self._offload_task = asyncio.create_task(self.offloader.run(), name="offload-drain")
         if self.sampler is not None:
             await self.sampler.start()
+        if self.custody.files:
+            self._custody_task = asyncio.create_task(self.custody.run(), name="kept-inputs")
         await self.deployer.start()
         await self.client.subscribe(self._desired_topic, qos=1)
+        await self.commands.start()
         self._uplink_task = asyncio.create_task(self.uplink.run(), name=f"uplink-{self.device_id}")
         await self.client.start()
 
     async def stop(self) -> None:
         """Publish the offline status, stop the uplink and the MQTT client, flush the outbox."""
         try:
+            await self.commands.stop()
             await self.deployer.stop()
             await self.uplink.stop()
         finally:
@@ -215,6 +255,9 @@ class Agent:
                 self._uplink_task.cancel()
                 await asyncio.gather(self._uplink_task, return_exceptions=True)
             await self.client.stop()
+            if self._custody_task is not None:
+                self._custody_task.cancel()
+                await asyncio.gather(self._custody_task, return_exceptions=True)
             if self._offload_task is not None:
                 self._offload_task.cancel()
                 await asyncio.gather(self._offload_task, return_exceptions=True)
@@ -223,6 +266,7 @@ class Agent:
             await self.outbox.close()
             if self.sampler is not None:
                 await self.sampler.stop()
+            await self.custody.close()
 
     async def record(self, result: InferenceResult) -> None:
         """Keep a result durably (returns once committed), then nudge the uplink."""
@@ -281,6 +325,8 @@ class Agent:
     def _on_message(self, message: Message) -> None:
         if message.topic == self._desired_topic:
             self.deployer.receive(message.payload)
+        elif message.topic == self.commands.topic:
+            self.commands.receive(message)
 
     async def _publish_report(self, report: DeploymentReport) -> None:
         await self.client.publish(
@@ -297,6 +343,7 @@ class Agent:
             priority=self.settings.backends,
             threads=self.settings.threads,
             max_output_values=self.settings.max_output_values,
+            supervision=self.settings.supervisor,
         )
 
     def birth(self) -> Status:
@@ -335,6 +382,10 @@ class Agent:
         box = self.outbox.stats()
         host = self._probe.read() if self._probe else None
         first = next(iter(self.models.values()), None)
+        serving = self._serving()
+        if serving != self._announced:  # the supervisor demoted or promoted a backend
+            self._announced = serving
+            self._announce_soon()
         return Telemetry(
             device_id=self.device_id,
             interval_s=round(interval, 3),
@@ -344,7 +395,11 @@ class Agent:
             errors_total=self.stats.errors_total,
             latency=latency,
             backend=first.backend if first else None,
-            fallback_reason=first.fallback_reason if first else None,
+            fallback_reason=next(
+                (m.fallback_reason for m in self.models.values() if m.fallback_reason), None
+            ),
+            demoted_backends=sorted({b for m in self.models.values() for b in m.demoted_backends}),
+            backend_restarts_total=restarts_total(),
             outbox_depth=box.depth,
             outbox_oldest_age_s=(
                 round(time.time() - box.oldest_created_at, 3) if box.oldest_created_at else None
@@ -359,3 +414,16 @@ class Agent:
             disk_free_bytes=host.disk_free_bytes if host else None,
             disk_used_percent=host.disk_used_percent if host else None,
         )
+
+    def _serving(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """What the birth says about each model's backend (a change is worth a new birth)."""
+        return tuple((m.name, m.backend, tuple(m.demoted_backends)) for m in self.models.values())
+
+    def _announce_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the agent's loop (a test): the next birth says it
+            return
+        task = loop.create_task(self.announce(), name=f"announce-{self.device_id}")
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)

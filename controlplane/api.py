@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from controlplane.registry.artifacts import ArtifactStore
     from controlplane.registry.keys import ReleaseKey
     from controlplane.rollouts.controller import RolloutController
+    from controlplane.samples.keeper import Keeper
 
 DEFAULT_LIMIT = 100
 
@@ -47,6 +48,7 @@ class Context:
     release_key: ReleaseKey | None = None  # None: no registry (its routes answer 503)
     artifacts: ArtifactStore | None = None
     rollouts: RolloutController | None = None  # None: no MQTT, so no rollouts are driven here
+    keeper: Keeper | None = None  # kept inputs: sealed files, retention, deletion, keys
     clock: Callable[[], float] = field(default=time.time)
 
 

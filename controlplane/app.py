@@ -21,8 +21,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from controlplane import api
+from controlplane.alerts import api as alerts_api
+from controlplane.alerts.config import load_alert_config
+from controlplane.alerts.engine import AlertEngine
+from controlplane.audit import api as audit_api
+from controlplane.auth import api as auth_api
+from controlplane.auth import login
+from controlplane.auth.middleware import install as install_auth
+from controlplane.commands import api as commands_api
+from controlplane.commands.requester import CommandRequester
+from controlplane.console.routes import routes as console_routes
 from controlplane.errors import BadRequest, Refused, StoreError
 from controlplane.http_errors import http_error, refused
+from controlplane.identities import api as identities_api
+from controlplane.identities.service import Identities
 from controlplane.ingest import Ingestor
 from controlplane.metrics import Metrics
 from controlplane.registry import api as registry_api
@@ -31,12 +43,21 @@ from controlplane.registry.keys import ReleaseKey
 from controlplane.rollouts import api as rollouts_api
 from controlplane.rollouts.controller import RolloutController
 from controlplane.samples import api as samples_api
+from controlplane.samples import data_api
+from controlplane.samples.keeper import Keeper
+from controlplane.samples.vault import Vault
 from controlplane.settings import Settings
 from controlplane.store import Store
 
 log = logging.getLogger(__name__)
 
-ROUTES = api.routes + registry_api.routes + rollouts_api.routes + samples_api.routes
+ROUTES = (
+    api.routes + registry_api.routes + rollouts_api.routes + samples_api.routes
+    + alerts_api.routes + commands_api.routes
+    + identities_api.routes
+    + data_api.routes
+    + auth_api.routes + login.routes + audit_api.routes
+)  # fmt: skip
 """Every route of the API, one list per module (docs/api.md documents each)."""
 
 
@@ -48,6 +69,11 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
     ctx = api.Context(settings=settings, store=store, metrics=store.metrics)
     ctx.release_key = ReleaseKey.load_or_create(settings.data_dir)  # ConfigError if unusable
     ctx.artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    alert_config = load_alert_config(settings.alerts_file)  # ConfigError naming a bad key
+    alerts = AlertEngine(settings, store, alert_config, store.metrics) if mqtt else None
+    identities = Identities.from_settings(settings, store)  # None without pki_dir
+    vault = Vault.load(settings.data_dir)  # the kept inputs' keyring: ConfigError if unusable
+    keeper = ctx.keeper = Keeper(settings, store, vault, store.metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,6 +81,8 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
             await asyncio.to_thread(ctx.store.open)
         if ctx.artifacts is not None:
             await asyncio.to_thread(ctx.artifacts.clean)  # uploads a crash cut short
+        if identities is not None:
+            await identities.write_crl()  # a fresh CRL: an expired one locks every device out
         try:
             if mqtt:
                 ctx.ingestor = Ingestor(settings, ctx.store, ctx.metrics)
@@ -63,11 +91,32 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
                         settings, ctx.store, ctx.release_key, ctx.ingestor.client
                     )
                     ctx.ingestor.on_deployment = ctx.rollouts.report
+                commands = CommandRequester(
+                    ctx.ingestor.client, ctx.store, instance=settings.client_id
+                )
+                ctx.ingestor.on_command_reply = commands.on_reply
+                app.state.commands = commands  # POST /api/v1/devices/{id}/commands
                 await ctx.ingestor.start()
+                await commands.start()
                 if ctx.rollouts is not None:
                     await ctx.rollouts.start()
+                if alerts is not None:
+                    await alerts.start()
+                # retention, sealing, key retirement (docs/data.md)
+                app.state.keeper_task = asyncio.create_task(keeper.run(), name="data-keeper")
             yield
         finally:
+            keeper_task: asyncio.Task[None] | None = getattr(app.state, "keeper_task", None)
+            if keeper_task is not None:
+                keeper_task.cancel()
+                await asyncio.gather(keeper_task, return_exceptions=True)
+            await keeper.stop()
+            requester: CommandRequester | None = getattr(app.state, "commands", None)
+            if requester is not None:
+                app.state.commands = None
+                await requester.stop()
+            if alerts is not None:
+                await alerts.stop()
             if ctx.rollouts is not None:
                 await ctx.rollouts.stop()  # before ingestion: it acknowledges reports over MQTT
             if ctx.ingestor is not None:
@@ -76,7 +125,7 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
                 await asyncio.to_thread(ctx.store.close)
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *console_routes],  # the console's pages: docs/console.md
         lifespan=lifespan,
         exception_handlers={
             HTTPException: http_error,
@@ -87,6 +136,9 @@ def create_app(settings: Settings, *, store: Store | None = None, mqtt: bool = T
         },
     )
     app.state.ctx = ctx
+    install_auth(app, ctx)  # tokens, sessions, roles, CSRF, the audit log: docs/security.md
+    app.state.alert_config = alert_config  # GET /api/v1/alerts/rules shows it
+    app.state.identities = identities
     return app
 
 

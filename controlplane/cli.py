@@ -60,18 +60,21 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controlplane.app import create_app
+    from controlplane.identities.tls import check_tls_files, https_options, scheme
     from controlplane.store import Store
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields}
     settings = load_settings(args.config, overrides)
     configure_logging(settings.log_level)
+    check_tls_files(settings)  # ConfigError naming a TLS file that cannot be used
     sock = bind(*settings.listen_address)
     store = Store(settings.store_path, synchronous=settings.synchronous)
     stops: list[int] = []
     previous = _catch_stop_signals(stops)
     try:
         store.open()
-        log.info("store %s open; serving http://%s", settings.store_path, settings.listen)
+        where = f"{scheme(settings)}://{settings.listen}"
+        log.info("store %s open; serving %s", settings.store_path, where)
         config = uvicorn.Config(
             create_app(settings, store=store),
             log_config=None,
@@ -79,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            **https_options(settings),
         )
         server = uvicorn.Server(config)
         server.run(sockets=[sock])
@@ -164,10 +168,15 @@ def run_group(args: argparse.Namespace) -> int:
 
 
 def _fleet_groups() -> dict[str, Command]:
+    from controlplane.fleet import alerts as alerts_group
+    from controlplane.fleet import audit as audit_group
     from controlplane.fleet import data as data_group
     from controlplane.fleet import devices
     from controlplane.fleet import models as models_group
+    from controlplane.fleet import provision as provision_group
     from controlplane.fleet import rollouts as rollout_group
+    from controlplane.fleet import tokens as tokens_group
+    from controlplane.fleet import users as users_group
 
     return {
         "devices": Command("list, show and tag devices", run_group, _group(devices.configure)),
@@ -180,8 +189,27 @@ def _fleet_groups() -> dict[str, Command]:
             _group(rollout_group.configure),
         ),
         "data": Command(
-            "export the fleet's kept inputs as a data set", run_group, _group(data_group.configure)
+            "export the fleet's kept inputs as a data set; delete them; rotate their key",
+            run_group,
+            _group(data_group.configure),
         ),
+        "alerts": Command(
+            "list alerts and show the alert rules", run_group, _group(alerts_group.configure)
+        ),
+        "provision": Command(
+            "the fleet CA, device bundles, enrollment tokens, revocation",
+            run_group,
+            _group(provision_group.configure),
+        ),
+        "users": Command(
+            "operator accounts (the first admin: users create NAME --admin --data-dir DIR)",
+            run_group,
+            _group(users_group.configure),
+        ),
+        "tokens": Command(
+            "API tokens for the CLI and scripts", run_group, _group(tokens_group.configure)
+        ),
+        "audit": Command("the audit log: list, export", run_group, _group(audit_group.configure)),
     }
 
 

@@ -36,13 +36,17 @@ from typing import Any
 from sqlite_utils import Database
 
 from controlplane import records
+from controlplane.alerts.schema import v7_alerts
+from controlplane.auth.schema import v10_operators
+from controlplane.commands.records import v6_commands
 from controlplane.errors import ControlPlaneError, StoreClosed, StoreError
+from controlplane.identities.schema import v9_provisioning
 from controlplane.metrics import Metrics
 from controlplane.offload_schema import v4_offload
 from controlplane.records import Incoming
 from controlplane.registry.schema import v2_registry
 from controlplane.rollouts.schema import v3_rollouts
-from controlplane.samples.schema import v5_samples
+from controlplane.samples.schema import v5_samples, v8_data_protection
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,10 @@ def _v1_tables(db: Database) -> None:
     db.table("results").create_index(["created_at"])
 
 
-MIGRATIONS: list[Migration] = [_v1_tables, v2_registry, v3_rollouts, v4_offload, v5_samples]
+MIGRATIONS: list[Migration] = [
+    _v1_tables, v2_registry, v3_rollouts, v4_offload, v5_samples, v6_commands, v7_alerts,
+    v8_data_protection, v9_provisioning, v10_operators,
+]  # fmt: skip
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -27,8 +28,12 @@ from typing import Any
 
 import httpx
 
+from controlplane.auth import local as accounts
+from controlplane.auth.credentials import generate_password
 from controlplane.broker import find_mosquitto
 from controlplane.cli import serve_argv
+from controlplane.errors import Conflict
+from controlplane.identities import demo as secure_demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,14 +109,17 @@ def wait_for(what: str, check: Any, stack: Stack, timeout: float) -> Any:
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}\n{stack.log_tails()}")
 
 
-def online_devices(api: str, prefix: str) -> int:
-    devices = httpx.get(f"{api}/api/v1/devices", params={"state": "online"}, timeout=5).json()
+def online_devices(api: str, prefix: str, headers: dict[str, str] | None = None) -> int:
+    devices = httpx.get(
+        f"{api}/api/v1/devices", params={"state": "online"}, headers=headers, timeout=5
+    ).json()
     items = devices["devices"] if isinstance(devices, dict) else devices
     return sum(1 for d in items if str(d["id"]).startswith(prefix))
 
 
-def results_stored(api: str) -> int:
-    body = httpx.get(f"{api}/api/v1/results", params={"limit": 1}, timeout=5).json()
+def results_stored(api: str, headers: dict[str, str] | None = None) -> int:
+    response = httpx.get(f"{api}/api/v1/results", params={"limit": 1}, headers=headers, timeout=5)
+    body = response.json()
     return int(body.get("total", len(body.get("results", []))))
 
 
@@ -127,6 +135,15 @@ def run(args: argparse.Namespace) -> int:
     listen = f"{http_host}:{free_port(int(http_port), http_host)}"
     api = f"http://{listen}"
     mosquitto = None if args.embedded_broker else find_mosquitto()
+    secure = None
+    if args.secure:  # mutual TLS with a CA made for this run (controlplane/identities/demo.py)
+        if mosquitto is None:
+            print(
+                "demo: error: --secure needs mosquitto (apt-get install mosquitto)", file=sys.stderr
+            )
+            return 2
+        secure = secure_demo.setup(workdir, broker_port)
+        broker_url = secure.url
 
     stack = Stack(workdir)
     stop = threading.Event()
@@ -144,8 +161,11 @@ def run(args: argparse.Namespace) -> int:
         ]
         if mosquitto is None:
             broker_argv.append("--embedded")
-        stack.spawn("broker", broker_argv)
+        stack.spawn(
+            "broker", secure.broker_argv(mosquitto) if secure and mosquitto else broker_argv
+        )
         kind = f"mosquitto ({mosquitto})" if mosquitto else "embedded amqtt broker (MQTT 3.1.1)"
+        kind += ", mutual TLS, per-device ACL" if secure else ""
         print(f"broker:        {broker_url}  [{kind}]", flush=True)
         wait_for("the broker", lambda: _listening(broker_port), stack, 30)
 
@@ -154,7 +174,14 @@ def run(args: argparse.Namespace) -> int:
         protocol = "3.1.1" if mosquitto is None else "auto"
         stack.spawn(
             "controlplane",
-            serve_argv(broker_url, listen, workdir / "controlplane", "--mqtt-protocol", protocol),
+            serve_argv(
+                broker_url,
+                listen,
+                workdir / "controlplane",
+                "--mqtt-protocol",
+                protocol,
+                *(secure.serve_flags() if secure else []),
+            ),
         )
         wait_for(
             "the control plane",
@@ -163,11 +190,18 @@ def run(args: argparse.Namespace) -> int:
             60,
         )
         print(f"control plane: {api}", flush=True)
+        password, token = make_admin(workdir / "controlplane")
+        auth = {"Authorization": f"Bearer {token}"}
+        print(f"console:       {api}/login  user admin, password {password}", flush=True)
+        print(f"api token:     export EDGEFLEET_TOKEN={token}  (both shown once)", flush=True)
         release_key = workdir / "release.pub"  # the simulated devices trust this control plane
         release_key.write_text(
             httpx.get(f"{api}/api/v1/keys/release", timeout=5).json()["public_key"]
         )
 
+        if secure:
+            issued = secure.issue_fleet(api, args.devices)
+            print(f"certificates:  {issued} devices, in {secure.certs}", flush=True)
         stack.spawn(
             "fleet",
             [
@@ -192,23 +226,24 @@ def run(args: argparse.Namespace) -> int:
                 str(release_key),
                 "--mqtt-protocol",
                 protocol,
+                *(secure.fleet_flags() if secure else []),
             ],
         )
         started = time.monotonic()
         wait_for(
             f"{args.devices} devices online",
-            lambda: online_devices(api, "demo-") >= args.devices,
+            lambda: online_devices(api, "demo-", auth) >= args.devices,
             stack,
             90,
         )
-        wait_for("the first results", lambda: results_stored(api) > 0, stack, 60)
+        wait_for("the first results", lambda: results_stored(api, auth) > 0, stack, 60)
         print(
             f"fleet:         {args.devices} simulated devices online after "
             f"{time.monotonic() - started:.1f}s\n",
             flush=True,
         )
         if args.rollout:
-            rollout_id = start_rollout(python, api)
+            rollout_id = start_rollout(python, api, token)
             print(
                 f"rollout:       digits-edge 2.0.0 pushed and rolling out in 3 waves "
                 f"(edgefleet rollout status {rollout_id} --server {api})\n",
@@ -230,8 +265,8 @@ def run(args: argparse.Namespace) -> int:
             stop.wait(5)
             with contextlib.suppress(httpx.HTTPError):
                 print(
-                    f"  {online_devices(api, 'demo-')} devices online, "
-                    f"{results_stored(api)} results stored",
+                    f"  {online_devices(api, 'demo-', auth)} devices online, "
+                    f"{results_stored(api, auth)} results stored",
                     flush=True,
                 )
         return 0
@@ -244,7 +279,19 @@ def run(args: argparse.Namespace) -> int:
         print("stopped.", flush=True)
 
 
-def start_rollout(python: str, api: str) -> str:
+def make_admin(data_dir: Path) -> tuple[str, str]:
+    """The demo's admin ``admin``, made through the data directory as an operator would make the
+    first one: a generated password for the console and an API token for the CLI calls."""
+    password = generate_password()
+    try:
+        accounts.create_user(data_dir, "admin", "admin", password)
+    except Conflict:  # --keep: the admin of the last run
+        accounts.set_password(data_dir, "admin", password)
+    token, _ = accounts.create_token(data_dir, "admin", name="demo")
+    return password, token
+
+
+def start_rollout(python: str, api: str, token: str) -> str:
     """Push models/rollout/good.tflite as digits-edge 2.0.0 with the CLI and roll it out to the
     demo fleet (waves of 10, 50, 100 %, 15 s of bake each): what an operator does."""
     release = REPO / "models" / "rollout" / "good"
@@ -258,6 +305,7 @@ def start_rollout(python: str, api: str) -> str:
         done = subprocess.run(
             [python, "-m", "controlplane", *step, "--server", api, "--json"],
             capture_output=True, text=True, cwd=REPO, check=False, stdin=subprocess.DEVNULL,
+            env={**os.environ, "EDGEFLEET_TOKEN": token},
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"edgefleet {' '.join(step[:2])} failed: {done.stderr.strip()}")
@@ -289,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--workdir", type=Path, default=REPO / ".demo", help="data and logs")
     p.add_argument("--keep", action="store_true", help="keep the data of the last run")
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="mutual TLS: a CA for the run, the broker's generated mTLS config and ACL, a "
+        "certificate per simulated device (needs mosquitto)",
+    )
     p.add_argument(
         "--no-rollout",
         dest="rollout",

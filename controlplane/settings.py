@@ -9,6 +9,8 @@ that it stays so.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,13 +28,17 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
+from controlplane.alerts.webhook import Webhook
 from controlplane.errors import ConfigError
-from protocol.mqtt import BrokerURL
+from protocol.mqtt import BrokerURL, TLSFiles
 from protocol.topics import shared_filter
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+AUTH_DEFAULT = False  # the lead flips this to on at integration
 
 
 class Settings(BaseModel):
@@ -85,6 +91,69 @@ class Settings(BaseModel):
     max_sample_bytes: int = Field(
         4 * 1024 * 1024, gt=0, description="largest kept input a device may upload, bytes"
     )
+    data_retention_days: float = Field(
+        30.0, ge=0, description="kept inputs older than this are deleted (0: kept for ever)"
+    )
+    data_purge_interval_s: float = Field(
+        3600.0, gt=0, description="seconds between two purges of the kept inputs past retention"
+    )
+    # -- device identities and TLS (docs/provisioning.md) --
+    pki_dir: Path | None = Field(
+        None, description="fleet CA directory (provision init --dir): enrollment and revocation"
+    )
+    device_cert_lifetime_s: float = Field(
+        90 * 86400.0, gt=0, description="lifetime of the device certificates it issues, seconds"
+    )
+    broker_pid_file: Path | None = Field(
+        None, description="the broker's pid file: SIGHUP after a revocation re-reads the CRL"
+    )
+    mqtt_ca_file: Path | None = Field(
+        None, description="CA (PEM) that an mqtts:// broker's certificate is checked against"
+    )
+    mqtt_cert_file: Path | None = Field(
+        None, description="client certificate (PEM) presented to an mqtts:// broker"
+    )
+    mqtt_key_file: Path | None = Field(None, description="the MQTT client certificate's key")
+    tls_cert_file: Path | None = Field(
+        None, description="certificate (PEM) for HTTPS; with tls_key_file the API is HTTPS only"
+    )
+    tls_key_file: Path | None = Field(None, description="the HTTPS certificate's private key")
+    alerts_file: Path | None = Field(
+        None, description="JSON or TOML file of alert rule overrides per selection of devices"
+    )
+    alerts_interval_s: float = Field(
+        15.0, gt=0, description="seconds between two evaluations of the alert rules"
+    )
+    alert_webhooks: list[Webhook] = Field(
+        default_factory=list,
+        description='webhooks notified of alerts: [{"url": "https://...", "format": "slack"}]',
+    )
+    alert_runbook_url: str = Field(
+        "docs/operations.md",
+        min_length=1,
+        description="base of the runbook links in notifications (each rule's section is #RULE)",
+    )
+    alert_max_attempts: int = Field(
+        8, ge=1, description="attempts to deliver a notification before giving up"
+    )
+    # -- operators (docs/security.md) --
+    auth: bool = Field(
+        AUTH_DEFAULT,
+        description="require a token or a console login on every operator route (off: no checks)",
+    )
+    session_lifetime_s: float = Field(
+        8 * 3600.0, gt=0, description="how long a console login lasts, seconds"
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="proxies (addresses or networks) whose X-Forwarded-For/-Proto is believed"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        for cert, key in (("mqtt_cert_file", "mqtt_key_file"), ("tls_cert_file", "tls_key_file")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"set both {cert} and {key}, or neither")
+        return self
 
     @field_validator("broker")
     @classmethod
@@ -118,10 +187,41 @@ class Settings(BaseModel):
             raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("alert_webhooks", mode="before")
+    @classmethod
+    def _webhooks_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a flag: --alert-webhooks '[{"url": ...}]'
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'expected a JSON list like [{"url": "https://...", "format": "slack"}]'
+                ) from None
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a flag: --trusted-proxies 10.0.0.1,192.168.0.0/16
+            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list | tuple):
+            for item in value:
+                try:
+                    ipaddress.ip_network(str(item).strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"expected IP addresses or networks, got {item!r}") from None
+            return tuple(str(v).strip() for v in value)
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def mqtt_tls(self) -> TLSFiles:
+        """The files of an ``mqtts://`` connection to the broker (docs/provisioning.md)."""
+        return TLSFiles(self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @property
     def listen_address(self) -> tuple[str, int]:

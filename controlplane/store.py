@@ -85,8 +85,9 @@ class ResultPage:
 
 _DEVICE_COLUMNS = (
     "id, state, first_seen, last_seen, status_at, agent_version, hardware, accelerators, models, "
-    "tags, api_url, backend, fallback_reason, telemetry, telemetry_at, tag_overrides"
-)
+    "tags, api_url, backend, fallback_reason, telemetry, telemetry_at, tag_overrides, "
+    "(SELECT revoked_at FROM revoked_devices r WHERE r.device_id = devices.id) AS revoked_at"
+)  # revoked_devices: controlplane/identities/schema.py
 _JSON_COLUMNS = ("hardware", "accelerators", "models", "tags", "telemetry", "tag_overrides")
 
 
@@ -106,6 +107,7 @@ def _device(row: sqlite3.Row, now: float, offline_after_s: float) -> dict[str, A
     out["tag_overrides"] = out["tag_overrides"] or {}
     out["tags"] = effective_tags(out["reported_tags"], out["tag_overrides"])
     out["reported_state"] = out["state"]
+    out["revoked"] = out["revoked_at"] is not None  # `edgefleet provision revoke`
     out["state"] = device_state(out["state"], out["last_seen"], now, offline_after_s)
     return out
 

@@ -106,6 +106,7 @@ class Deployer:
         self._work_generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._reloads = 0
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -146,6 +147,43 @@ class Deployer:
     async def flush(self) -> None:
         """Send the reports the broker missed (at every reconnect)."""
         await self._reporter.flush()
+
+    def slot_of(self, model: str) -> str | None:
+        """The slot a model serves from (None: the configured file)."""
+        serving = self._serving.get(model)
+        return serving.slot if serving else None
+
+    def slots(self, model: str) -> ModelSlots:
+        """A model's slots on disk (read-only use: ``diag``)."""
+        return self._slots_for(model)
+
+    async def reload(self, name: str) -> ServedModel:
+        """Load ``name`` again from where it serves now (its active slot, checked again, or the
+        configured file) into a fresh interpreter and swap it in; the old one closes once idle.
+        The backend is chosen again, so an accelerator plugged back in serves again. Raises
+        DeployError (or ModelLoadError), the old model still serving, when it cannot."""
+        if name not in self.models:
+            serving_now = ", ".join(self.models) or "none"
+            raise DeployError(f"no model named {name!r} (this agent serves: {serving_now})")
+        if self._work is not None and not self._work.done():
+            raise DeployError("a deployment is in progress: reload once it is over")
+        self._reloads += 1
+        fresh = f":reload-{self._reloads}"  # a key of its own: the cache must not hand back the old
+        before, serving = self.models[name], self._serving.get(name)
+        if serving is None:
+            loader = self._configured.get(name)
+            if loader is None:
+                raise DeployError(f"model {name!r} has no configured file to reload from")
+            served = await self._cache.acquire(f"cfg:{name}{fresh}", loader)
+        else:
+            served, serving = await self._load_slot(self._slots_for(name), serving.slot, fresh)
+        if self.models.get(name) is not before:  # a deployment swapped it meanwhile: it wins
+            self._cache.release(served)
+            raise DeployError("a deployment swapped the model while it reloaded: not replaced")
+        self._install(name, served, serving)
+        if self._on_swap is not None:
+            await self._on_swap()
+        return served
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -420,7 +458,9 @@ class Deployer:
             found += [Installed(seq, sha) for sha in shas if slot == slot_name(seq, sha)]
         return found
 
-    async def _load_slot(self, slots: ModelSlots, slot: str) -> tuple[ServedModel, Serving]:
+    async def _load_slot(
+        self, slots: ModelSlots, slot: str, key_suffix: str = ""
+    ) -> tuple[ServedModel, Serving]:
         """Load a complete slot, checking the release's signature and the artifact's hash."""
         path = slots.complete(slot)
         if path is None:
@@ -439,7 +479,7 @@ class Deployer:
         if sha != artifact.sha256 or path.stat().st_size != artifact.size:
             raise DeployError(f"the artifact in slot {slot} does not match its release")
         manifest = release.manifest(target, path.name)
-        key = f"rel:{release.name}:{release.version}:{release.seq}:{sha}"
+        key = f"rel:{release.name}:{release.version}:{release.seq}:{sha}{key_suffix}"
         served = await self._cache.acquire(key, lambda: self._load_release(path, manifest))
         return served, Serving(slot, release, sha)
 
