@@ -16,6 +16,7 @@ of it is) and expires the cookie.
 from __future__ import annotations
 
 import html
+import re
 import secrets
 from urllib.parse import parse_qsl, urlsplit
 
@@ -31,6 +32,7 @@ from controlplane.auth.middleware import NOT_SET_UP, SESSION_COOKIE, refusal_pag
 
 LOGIN_COOKIE = "edgefleet_login"
 LOGIN_COOKIE_S = 3600
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 
 
 def safe_next(raw: str | None, default: str = "/") -> str:
@@ -89,7 +91,11 @@ button{{margin-top:1rem;padding:.4rem 1.2rem}}.error{{color:#b00020}}</style></h
 def _login_page(
     request: Request, next_path: str, message: str = "", user: str = "", status: int = 200
 ) -> Response:
-    token = secrets.token_urlsafe(24)
+    # Reuse the browser's login cookie when it has one: a browser fetches more than the page (its
+    # /favicon.ico is redirected here too), and a fresh cookie per GET would make the form it is
+    # showing stale. The value stays secret (HttpOnly, SameSite=Strict); reusing it costs nothing.
+    current = request.cookies.get(LOGIN_COOKIE, "")
+    token = current if _LOGIN_TOKEN.fullmatch(current) else secrets.token_urlsafe(24)
     response = HTMLResponse(page(token, next_path, message, user), status_code=status)
     response.set_cookie(
         LOGIN_COOKIE, token, max_age=LOGIN_COOKIE_S, path="/login", secure=_secure(request),

@@ -72,6 +72,22 @@ async def test_login_sets_a_locked_down_session_cookie(
     assert done.headers["location"] == "/"
 
 
+async def test_a_second_fetch_of_the_login_page_keeps_the_form_shown_valid(
+    client: Client, tokens: dict[str, str]
+) -> None:
+    """A browser also fetches /favicon.ico, which is redirected to /login: that second GET must not
+    replace the login cookie behind the form on screen (seen in chromium)."""
+    await _user(client, tokens["admin"], "fay", "operator")
+    browser = client()
+    shown = _form_token((await browser.get("/login", params={"next": "/fleet"})).text)
+    again = await browser.get("/favicon.ico", follow_redirects=True)
+    assert again.url.path == "/login" and _form_token(again.text) == shown
+    done = await browser.post(
+        "/login", data={"user": "fay", "password": PASSWORD, "csrf_token": shown, "next": "/x"}
+    )
+    assert done.status_code == 303 and "edgefleet_session" in browser.cookies
+
+
 async def test_a_form_post_without_the_csrf_token_is_refused(
     client: Client, app: Starlette, store: Store, tokens: dict[str, str]
 ) -> None:
