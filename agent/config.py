@@ -43,6 +43,11 @@ class ModelConfig(_Section):
     backends: list[str] | None = Field(
         None, description="Backend priority for this model (default: the agent's `backends`)."
     )
+    fallback_path: Path | None = Field(
+        None,
+        description="The CPU build of a model compiled for the Edge TPU: the backends other than "
+        "the accelerator open it instead of `path` (docs/agent.md, Supervised accelerator).",
+    )
     offload: OffloadConfig | None = Field(
         None, description="Offload to a cloud tier ([models.offload]; see docs/agent.md)."
     )

@@ -25,6 +25,7 @@ from agent.custody import Custody, KeptInputs
 from agent.deploy.cache import ModelCache
 from agent.deploy.deployer import Deployer
 from agent.deploy.shadow import ShadowInput
+from agent.identity import signer
 from agent.identity.files import mqtt_tls
 from agent.inference import InferenceOutput, ServedModel
 from agent.offload.offloader import Offloader, configured_offloads
@@ -54,6 +55,7 @@ def load_models(settings: AgentSettings) -> dict[str, ServedModel]:
             threads=settings.threads,
             max_output_values=settings.max_output_values,
             supervision=settings.supervisor,
+            fallback=cfg.fallback_path,
         )
         if served.name in models:
             served.close()
@@ -82,6 +84,7 @@ def configured_loaders(
             threads=settings.threads,
             max_output_values=settings.max_output_values,
             supervision=settings.supervisor,
+            fallback=cfg.fallback_path,
         )
 
     return {name: loader(cfg) for name, cfg in zip(models, settings.models, strict=False)}
@@ -173,6 +176,8 @@ class Agent:
                 keys=self.keys,
             )
         self._offload_task: asyncio.Task[None] | None = None
+        # [tls]: the device's key signs its HTTP calls (downloads, uploads): docs/security.md
+        self.signer = signer.RequestSigner.from_settings(settings)
         self.sampler: Sampler | None = None  # keeps inputs for the data loop (docs/data.md)
         if settings.samples.control_plane_url is not None:
             self.sampler = Sampler(
@@ -181,6 +186,7 @@ class Agent:
                 device_id=self.device_id,
                 path=self.outbox.path.with_name("samples.db"),
                 keys=self.keys,
+                sign=self.signer.sign if self.signer is not None else None,
             )
         kept: list[KeptInputs] = [self.sampler.spool] if self.sampler is not None else []
         if self.offloader is not None:
@@ -238,7 +244,12 @@ class Agent:
             await self.sampler.start()
         if self.custody.files:
             self._custody_task = asyncio.create_task(self.custody.run(), name="kept-inputs")
-        await self.deployer.start()
+        # the deployer's tasks, made now, sign their downloads as this device
+        signing = signer.current.set(self.signer.sign if self.signer is not None else None)
+        try:
+            await self.deployer.start()
+        finally:
+            signer.current.reset(signing)
         await self.client.subscribe(self._desired_topic, qos=1)
         await self.commands.start()
         self._uplink_task = asyncio.create_task(self.uplink.run(), name=f"uplink-{self.device_id}")
@@ -336,7 +347,9 @@ class Agent:
             timeout=self.settings.uplink.ack_timeout_s,
         )
 
-    def _load_release(self, path: Path, manifest: ModelManifest) -> ServedModel:
+    def _load_release(
+        self, path: Path, manifest: ModelManifest, fallback: Path | None = None
+    ) -> ServedModel:
         return ServedModel.load(
             path,
             manifest=manifest,
@@ -344,6 +357,7 @@ class Agent:
             threads=self.settings.threads,
             max_output_values=self.settings.max_output_values,
             supervision=self.settings.supervisor,
+            fallback=fallback,
         )
 
     def birth(self) -> Status:

@@ -1,8 +1,9 @@
 """What the ``diag`` command answers: what an engineer asks first about a device it cannot reach.
 
-Agent and runtime versions, each model's backend and why (the fallback reason), the accelerators
-found, model slots on disk with their hashes, the outbox's depth and oldest age, the data
-directory's disk and the memory, the broker connection and its recent history, the log level.
+Agent and runtime versions, each model's backend and why (the fallback reason, the demoted
+backends, the worker restarts, the CPU fallback artifact and whether it serves now), the
+accelerators found, model slots on disk with their hashes, the outbox's depth and oldest age, the
+data directory's disk and the memory, the broker connection and its recent history, the log level.
 The agent's clock travels in every reply (``agent_time``); the control plane computes the offset
 from its own send and receive times.
 
@@ -23,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from agent import __version__, logs
+from agent.deploy.artifacts import holds_fallback
 from agent.deploy.slots import ModelSlots, slot_name
+from agent.inference import ServedModel
+from agent.supervisor.artifacts import opens_primary
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -45,7 +49,8 @@ def package_versions(names: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str
 
 def slot_listing(slots: ModelSlots) -> dict[str, Any]:
     """A model's slots on disk: which is active and previous, and each complete slot's release
-    version and artifact SHA-256 (from its sealed release; None where unreadable)."""
+    version and artifact SHA-256 (from its sealed release; None where unreadable), and whether
+    it holds a CPU fallback artifact."""
     state = slots.state
     listed = []
     for slot in sorted(slots.complete_slots()):
@@ -58,8 +63,21 @@ def slot_listing(slots: ModelSlots) -> dict[str, Any]:
             sha = next((h for h in shas if slot_name(int(body["seq"]), h) == slot), None)
         except (KeyError, TypeError, ValueError, AttributeError):
             pass
-        listed.append({"slot": slot, "version": version, "sha256": sha})
+        fallback = holds_fallback(slots, slot)
+        listed.append({"slot": slot, "version": version, "sha256": sha, "fallback": fallback})
     return {"active": state.active, "previous": state.previous, "on_disk": listed}
+
+
+def fallback_artifact(served: ServedModel) -> dict[str, Any] | None:
+    """The model's CPU fallback artifact: its file, SHA-256, and whether it answers now (a CPU
+    backend serves); None when the model has none."""
+    if served.fallback_sha256 is None:
+        return None
+    return {
+        "path": str(served.fallback_path) if served.fallback_path else None,
+        "sha256": served.fallback_sha256,
+        "serving": not opens_primary(served.backend),
+    }
 
 
 def host(data_dir: Path) -> dict[str, Any]:
@@ -102,6 +120,9 @@ async def diagnose(agent: Agent, started_at: float) -> dict[str, Any]:
                 "artifact_sha256": served.artifact_sha256,
                 "backend": served.backend,
                 "fallback_reason": served.fallback_reason,
+                "demoted_backends": served.demoted_backends,
+                "backend_restarts_total": served.backend_restarts,
+                "fallback_artifact": fallback_artifact(served),
                 "seq": agent.deployer.seq_of(name),
                 "serving_from": agent.deployer.slot_of(name) or "configured file",
             }

@@ -13,6 +13,10 @@ a supervised worker process instead (:mod:`agent.supervisor`): then ``backend`` 
 ``fallback_reason`` follow what the supervisor does (a demotion, a promotion), each result names
 the backend that actually answered it, and the model has two threads (the worker holds the next
 request while it runs one; an in-process fallback still takes one at a time).
+
+A model may have a **fallback artifact** (``fallback``: the CPU build of a model compiled for the
+Edge TPU, :mod:`agent.supervisor.artifacts`): the non-accelerator backends open it instead of the
+model's file, and each result's ``artifact_sha256`` is the hash of the file that answered it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from agent.preprocess import (
 )
 from agent.runtimes import open_runtime
 from agent.runtimes.base import Runtime
+from agent.supervisor.artifacts import opens_primary
 from agent.supervisor.config import SupervisorConfig
 from agent.supervisor.loading import open_supervised
 from agent.supervisor.supervised import SupervisedRuntime
@@ -54,6 +59,8 @@ from protocol.manifest import (
 from protocol.messages import InferenceResult
 
 PLATFORMS = {".tflite": "tflite", ".onnx": "onnx"}
+IN_PROCESS = SupervisorConfig(isolation="thread")
+"""The chain walk without supervision (every backend in this process)."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +93,17 @@ class ServedModel:
         fallback_reason: str | None = None,
         max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
         image_plan: ImagePlan | None = None,
+        fallback_path: Path | None = None,
+        fallback_sha256: str | None = None,
     ) -> None:
         self.manifest = manifest
         self.name = manifest.name
         self.version = manifest.version
-        self.artifact_sha256 = artifact_sha256
+        self.primary_sha256 = artifact_sha256
+        """SHA-256 of the model's own file (what a deployment installed)."""
+        self.fallback_path = fallback_path
+        self.fallback_sha256 = fallback_sha256
+        """SHA-256 of the fallback artifact the CPU backends run, or None when there is none."""
         self.platform = platform
         self._fallback_reason = fallback_reason
         self.supervised = runtime if isinstance(runtime, SupervisedRuntime) else None
@@ -120,16 +133,23 @@ class ServedModel:
         max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         supervision: SupervisorConfig | None = None,
+        fallback: Path | str | None = None,
     ) -> ServedModel:
         """Load ``path`` on the first backend of ``priority`` that works (default: by file type).
 
         With ``supervision``, accelerators run in supervised worker processes (see
-        :mod:`agent.supervisor`); without it, every backend runs in this process.
+        :mod:`agent.supervisor`); without it, every backend runs in this process. With a
+        ``fallback`` artifact, the non-accelerator backends open that file instead of ``path``.
         Raises ModelLoadError naming the problem: no backend, a file that does not load, or a
         manifest that does not match the model's tensors.
         """
         path = Path(path)
-        if supervision is not None:
+        fallback = Path(fallback) if fallback is not None else None
+        if fallback is not None:
+            opened = open_supervised(
+                path, priority, threads, supervision or IN_PROCESS, fallback=fallback
+            )
+        elif supervision is not None:
             opened = open_supervised(path, priority, threads, supervision)
         else:
             opened = open_runtime(path, priority, threads)
@@ -143,6 +163,8 @@ class ServedModel:
                 fallback_reason=opened.fallback_reason,
                 max_output_values=max_output_values,
                 max_pixels=max_pixels,
+                fallback_path=fallback,
+                fallback_sha256=file_sha256(fallback) if fallback is not None else None,
             )
         except BaseException:
             opened.runtime.close()
@@ -160,8 +182,12 @@ class ServedModel:
         fallback_reason: str | None = None,
         max_output_values: int = DEFAULT_MAX_OUTPUT_VALUES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        fallback_path: Path | None = None,
+        fallback_sha256: str | None = None,
     ) -> ServedModel:
-        """Serve an opened runtime; without a manifest, as raw tensors named ``name``."""
+        """Serve an opened runtime; without a manifest, as raw tensors named ``name``.
+        ``artifact_sha256`` is the hash of the model's file, ``fallback_sha256`` that of its
+        fallback artifact (opened by the non-accelerator backends), if it has one."""
         if manifest is None:
             manifest = ModelManifest(
                 name=model_name(name), version="0", inputs=runtime.inputs, outputs=runtime.outputs
@@ -185,12 +211,25 @@ class ServedModel:
             fallback_reason=fallback_reason,
             max_output_values=max_output_values,
             image_plan=plan,
+            fallback_path=fallback_path,
+            fallback_sha256=fallback_sha256,
         )
 
     @property
     def backend(self) -> str:
         """The backend serving now (a supervised model's changes on demotion and promotion)."""
         return self._runtime.name
+
+    @property
+    def artifact_sha256(self) -> str:
+        """SHA-256 of the file serving now: the fallback artifact's while a CPU backend serves."""
+        return self.artifact_of(self.backend)
+
+    def artifact_of(self, backend: str) -> str:
+        """SHA-256 of the file ``backend`` runs (see :mod:`agent.supervisor.artifacts`)."""
+        if self.fallback_sha256 is not None and not opens_primary(backend):
+            return self.fallback_sha256
+        return self.primary_sha256
 
     @property
     def fallback_reason(self) -> str | None:
@@ -203,6 +242,12 @@ class ServedModel:
     def demoted_backends(self) -> list[str]:
         """Backends the supervisor demoted after repeated crashes or hangs."""
         return self.supervised.demoted if self.supervised is not None else []
+
+    @property
+    def backend_restarts(self) -> int:
+        """Worker starts after a failure (restarts, retries of a demoted backend) since this model
+        was loaded."""
+        return self.supervised.restarts if self.supervised is not None else 0
 
     @property
     def accepts_images(self) -> bool:
@@ -305,11 +350,12 @@ class ServedModel:
             kept = summarize_outputs(outputs, self._max_output_values)
         latency_ms = (time.perf_counter() - start) * 1000.0
         supervised = self.supervised
+        backend = supervised.answered_by if supervised is not None else self._runtime.name
         result = InferenceResult(
             model=self.name,
             model_version=self.version,
-            artifact_sha256=self.artifact_sha256,
-            backend=supervised.answered_by if supervised is not None else self._runtime.name,
+            artifact_sha256=self.artifact_of(backend),
+            backend=backend,
             latency_ms=round(latency_ms, 3),
             request_id=request_id,
             classes=classes,

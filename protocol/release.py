@@ -140,6 +140,11 @@ class DesiredModel(_Doc):
     )
     target: Target | None = None
     artifact_url: str | None = Field(None, description="GET (with Range) for the artifact.")
+    fallback_artifact_url: str | None = Field(
+        None,
+        description="GET (with Range) for the release's cpu artifact, which an accelerator target "
+        "keeps beside its own to fall back to when the accelerator is demoted.",
+    )
     rollout_id: str | None = None
     rollback: bool = Field(False, description="An explicit move to an older release.")
     shadow: ShadowPolicy | None = None

@@ -2,9 +2,10 @@
 
 The control plane publishes a signed :class:`~protocol.release.Desired` document, retained, on the
 device's ``desired`` topic. The agent checks it (:mod:`.decisions`, pure), downloads the artifact
-resumably (:mod:`.download`) into a slot on disk (:mod:`.slots`), verifies and smoke-tests it
-(:mod:`.smoke`), optionally runs it in shadow beside the live model (:mod:`.shadow`), then swaps it
-in and reports each step (:mod:`.deployer`). See docs/agent.md, "Deployments".
+resumably (:mod:`.download`) into a slot on disk (:mod:`.slots`; with its CPU fallback for an Edge
+TPU target, :mod:`.artifacts`), verifies and smoke-tests it (:mod:`.smoke`), optionally runs it in
+shadow beside the live model (:mod:`.shadow`), then swaps it in and reports each step
+(:mod:`.deployer`). See docs/agent.md, "Deployments".
 
 Errors::
 

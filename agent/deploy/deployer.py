@@ -28,16 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import DeployConfig
 from agent.deploy import DeployError
+from agent.deploy.artifacts import check_slot, fetch, install, missing
 from agent.deploy.cache import ModelCache
 from agent.deploy.decisions import Installed, due_progress, judge_document, plan_model
 from agent.deploy.document import peek
-from agent.deploy.download import download
 from agent.deploy.reports import Publish, Reporter, build_report
 from agent.deploy.shadow import Shadow, ShadowInput
 from agent.deploy.slots import ModelSlots, read_generation, slot_name, write_generation
 from agent.deploy.smoke import SmokeOutcome, smoke_test
 from agent.errors import AgentError
-from agent.inference import InferenceOutput, ServedModel, file_sha256
+from agent.inference import InferenceOutput, ServedModel
 from protocol.errors import ProtocolError
 from protocol.manifest import ModelManifest
 from protocol.release import (
@@ -47,7 +47,6 @@ from protocol.release import (
     Release,
     ShadowStats,
     open_desired,
-    open_release,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,8 @@ complete, not yet loaded), ``swap`` (state.json names the new slot, the old mode
 Never set it on a device."""
 
 STOP_TIMEOUT_S = 5.0
-LoadRelease = Callable[[Path, ModelManifest], ServedModel]
+LoadRelease = Callable[[Path, ModelManifest, Path | None], ServedModel]
+"""Load an artifact with its manifest and its CPU fallback artifact (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -350,46 +350,39 @@ class Deployer:
         if not isinstance(sealed, dict):
             raise DeployError("the document's release is not an object")
         await self._report(generation, entry, "queued")
-        path = slots.complete(slot)
-        if path is None:
-            if entry.artifact_url is None:
-                raise DeployError("the document gives no artifact URL")
-            part = slots.partial(slot, artifact.format)
+        wanted = missing(
+            slots, slot, release, entry.target, entry.artifact_url, entry.fallback_artifact_url
+        )
+        if wanted:  # the artifact (and its CPU fallback: agent/deploy/artifacts.py)
             await self._report(generation, entry, "downloading", progress=0.0)
             last: list[float | None] = [None]
 
-            def progress(have: int) -> None:
+            def progress(share: float) -> None:
                 now = time.monotonic()
-                if due_progress(last[0], now) and artifact.size:
+                if due_progress(last[0], now):
                     last[0] = now
                     self._spawn(
                         self._report(
                             generation,
                             entry,
                             "downloading",
-                            progress=round(have / artifact.size, 4),
+                            progress=round(share, 4),
                             persist=False,
                         )
                     )
 
-            got = await download(
-                entry.artifact_url,
-                part,
-                size=artifact.size,
+            async def verifying() -> None:
+                await asyncio.gather(*self._tasks, return_exceptions=True)  # progress goes first
+                await self._report(generation, entry, "verifying")
+
+            await fetch(
+                wanted,
                 read_timeout=self.config.download_timeout_s,
                 on_progress=progress,
                 on_chunk=lambda: _pause_for_test("downloading"),
+                verifying=verifying,
             )
-            await asyncio.gather(*self._tasks, return_exceptions=True)  # progress goes first
-            await self._report(generation, entry, "verifying")
-            if got.size != artifact.size or got.sha256 != artifact.sha256:
-                part.unlink(missing_ok=True)
-                raise DeployError(
-                    f"artifact check failed: the release says {artifact.size} bytes with SHA-256 "
-                    f"{artifact.sha256[:16]}..., the download has {got.size} bytes with "
-                    f"{got.sha256[:16]}... (tampered or corrupted; discarded)"
-                )
-            await asyncio.to_thread(slots.finish, slot, artifact.format, sealed)
+            await asyncio.to_thread(install, slots, slot, wanted, sealed)
             await _pause_for_test("verifying")
         else:
             await self._report(generation, entry, "verifying")
@@ -461,27 +454,17 @@ class Deployer:
     async def _load_slot(
         self, slots: ModelSlots, slot: str, key_suffix: str = ""
     ) -> tuple[ServedModel, Serving]:
-        """Load a complete slot, checking the release's signature and the artifact's hash."""
-        path = slots.complete(slot)
-        if path is None:
-            raise DeployError(f"slot {slot} is incomplete")
-        if self.key is None:
-            raise DeployError("no release key configured to check it")
-        release = open_release(slots.sealed_release(slot), self.key).release
-        target = next(
-            (t for t, a in release.artifacts.items() if slot_name(release.seq, a.sha256) == slot),
-            None,
+        """Load a complete slot, checking the release's signature and the artifacts' hashes; its
+        CPU fallback artifact, when it holds one, goes to the loader with it."""
+        files = await asyncio.to_thread(check_slot, slots, slot, self.key)
+        release = files.release
+        manifest = release.manifest(files.target, files.path.name)
+        key = f"rel:{release.name}:{release.version}:{release.seq}:{files.sha256}"
+        key += (":fallback" if files.fallback else "") + key_suffix
+        served = await self._cache.acquire(
+            key, lambda: self._load_release(files.path, manifest, files.fallback)
         )
-        if target is None:
-            raise DeployError(f"release {release.version} has no artifact for slot {slot}")
-        artifact = release.artifacts[target]
-        sha = await asyncio.to_thread(file_sha256, path)
-        if sha != artifact.sha256 or path.stat().st_size != artifact.size:
-            raise DeployError(f"the artifact in slot {slot} does not match its release")
-        manifest = release.manifest(target, path.name)
-        key = f"rel:{release.name}:{release.version}:{release.seq}:{sha}{key_suffix}"
-        served = await self._cache.acquire(key, lambda: self._load_release(path, manifest))
-        return served, Serving(slot, release, sha)
+        return served, Serving(slot, release, files.sha256)
 
     async def _swap(
         self, slots: ModelSlots, slot: str | None, served: ServedModel, serving: Serving | None

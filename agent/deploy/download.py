@@ -5,6 +5,10 @@ agent) asks for the rest with ``Range: bytes=N-``. A server that ignores the ran
 longer has it (416) makes the download start over. The SHA-256 is computed while the bytes
 arrive (the part already on disk is hashed once when resuming), and returned with the size for
 the caller to check against the release: this module moves bytes, it does not judge them.
+
+Each attempt is signed by the device's key when the agent has an identity (the signer in
+:data:`agent.identity.signer.current`; docs/security.md), so a revoked device is refused (403:
+not retried).
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from agent.deploy import DownloadError
+from agent.errors import AgentError
+from agent.identity import signer
 from protocol.mqtt import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -89,11 +96,18 @@ async def _attempt(
     if have == size:
         return Downloaded(size, digest.hexdigest(), have)
     headers = {"Range": f"bytes={have}-"} if have else {}
+    target = URL(url)
+    sign = signer.current.get()
+    if sign is not None:
+        try:
+            headers.update(await sign("GET", target, b""))
+        except AgentError as exc:
+            raise DownloadError(f"GET {url}: cannot sign the request: {exc}") from None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=read_timeout, sock_read=read_timeout)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, headers=headers) as response,
+            session.get(target, headers=headers) as response,
         ):
             if response.status == 416:
                 _truncate(part)

@@ -5,7 +5,9 @@ Layout under ``DATA_DIR/models``::
     desired.json                      {"generation": G}: the highest desired generation accepted
     {model}/state.json                active slot, previous slot, generation, last report
     {model}/{seq}-{sha256[:12]}/      one slot: release.json (the sealed release, as signed)
-                                      and model.tflite | model.onnx (the artifact)
+                                      and model.tflite | model.onnx (the artifact), plus
+                                      fallback.tflite for an edgetpu release's cpu artifact
+                                      (:mod:`.artifacts`)
 
 Every JSON file is written atomically: a temporary file, fsync, rename over the old one, fsync
 of the directory. A slot is *complete* once its artifact exists under its final name; that rename

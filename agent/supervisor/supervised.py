@@ -22,7 +22,9 @@ What it does when a worker crashes or hangs (the decisions are pure, in
   ``retry_s`` later (doubling while retries fail), and promoted back when its smoke test passes;
 - a worker that dies while idle is noticed within a second (``LIVENESS_POLL_S``).
 
-The fallback, once loaded, stays loaded until the model is closed.
+The fallback, once loaded, stays loaded until the model is closed. With a fallback artifact
+(:mod:`agent.supervisor.artifacts`), the fallback backends open that file instead of the model's:
+the CPU build of a model compiled for the Edge TPU.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 
 from agent.errors import ModelLoadError, RuntimeBackendError
 from agent.runtimes import Backend
+from agent.supervisor.artifacts import artifact_for
 from agent.supervisor.chain import Chain, Slot
 from agent.supervisor.decisions import Policy, after_failure, after_start, exit_description
 from agent.supervisor.engines import RESTARTS, Engine, failure_text, open_engine, smoke_inputs
@@ -64,6 +67,7 @@ class SupervisedRuntime:
         skipped: Sequence[tuple[str, str]] = (),
         registry: Mapping[str, Backend] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fallback: Path | None = None,
     ) -> None:
         self.inputs: list[TensorSpec] = first.inputs
         self.outputs: list[TensorSpec] = first.outputs
@@ -74,6 +78,8 @@ class SupervisedRuntime:
         self._answered = threading.local()
         self._first = first.backend
         self._path = path
+        self._fallback_path = fallback
+        """The fallback artifact the non-accelerator backends open (None: ``path``)."""
         self._label = path.name
         self._threads = threads
         self._policy = policy
@@ -210,11 +216,12 @@ class SupervisedRuntime:
 
     def _open(self, slot: Slot) -> Engine | None:
         """Open a fallback backend (None, with ``slot.unusable`` set, when it cannot serve)."""
+        path = artifact_for(slot.name, self._path, self._fallback_path)
         try:
             engine = open_engine(
                 slot.name,
                 slot.isolated,
-                self._path,
+                path,
                 self._threads,
                 self._start_timeout,
                 self._registry,
@@ -230,7 +237,7 @@ class SupervisedRuntime:
             with self._lock:
                 slot.unusable = "its tensors differ from the first backend's"
             return None
-        log.warning("%s: fallback %s loaded", self._label, slot.name)
+        log.warning("%s: fallback %s loaded (%s)", self._label, slot.name, path.name)
         return engine
 
     def _failed(self, slot: Slot, engine: WorkerProcess, what: str) -> None:
@@ -284,7 +291,8 @@ class SupervisedRuntime:
         self.restarts += 1
         worker: WorkerProcess | None = None
         try:
-            worker = WorkerProcess.spawn(slot.name, self._path, self._threads)
+            path = artifact_for(slot.name, self._path, self._fallback_path)
+            worker = WorkerProcess.spawn(slot.name, path, self._threads)
             with self._lock:
                 if self._stopped:
                     worker.kill()

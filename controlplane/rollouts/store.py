@@ -29,6 +29,9 @@ from controlplane.rollouts.waves import accelerator_kind
 from controlplane.store import effective_tags
 from protocol.release import TERMINAL_STATES, DeploymentReport
 
+FALLBACK_FROM = frozenset({"edgetpu"})
+"""Targets whose devices also get the release's cpu artifact, to fall back to."""
+
 ACTIONS: dict[str, tuple[frozenset[str], str]] = {
     # action: (states it is allowed from, the state it leads to)
     "pause": (frozenset({"running"}), "paused"),
@@ -322,12 +325,15 @@ def _dispatch(
              now, rollout_id, device_id],
         )  # fmt: skip
         return
-    artifact = stored.release["artifacts"][dispatch.target]
+    artifacts = stored.release["artifacts"]
+    fallback = artifacts.get("cpu") if dispatch.target in FALLBACK_FROM else None
     entry = {
         "model": model, "release": stored.sealed, "target": dispatch.target,
-        "artifact_url": f"{public_url}/api/v1/artifacts/{artifact['sha256']}",
+        "artifact_url": f"{public_url}/api/v1/artifacts/{artifacts[dispatch.target]['sha256']}",
         "rollout_id": rollout_id, "rollback": False, "shadow": loads(row["shadow"]),
     }  # fmt: skip
+    if fallback is not None:  # the device keeps the CPU build too (docs/agent.md)
+        entry["fallback_artifact_url"] = f"{public_url}/api/v1/artifacts/{fallback['sha256']}"
     current = read_desired(conn, device_id)
     generation = write_desired(conn, device_id, current, entry, now)
     dep = conn.execute(f"SELECT attempts FROM deployments {where}", [rollout_id, device_id])

@@ -162,12 +162,21 @@ class PlayedDevice:
                 await self.birth()
 
 
-async def add_release(store: Store, key: ReleaseKey, version: str) -> StoredRelease:
+EDGETPU_SHA = "ee" * 32
+
+
+async def add_release(
+    store: Store, key: ReleaseKey, version: str, *, edgetpu: bool = False
+) -> StoredRelease:
+    """A release with a cpu artifact, and with ``edgetpu`` an Edge TPU build beside it."""
+    artifacts = {"cpu": ReleaseArtifact(sha256=SHA[version], size=100, format="tflite")}
+    if edgetpu:
+        artifacts["edgetpu"] = ReleaseArtifact(sha256=EDGETPU_SHA, size=100, format="tflite")
     release = Release(
         name=MODEL, version=version, seq=1, created_at=time.time(),
         inputs=[TensorSpec(name="x", shape=[1, 28, 28, 1], datatype="FP32")],
         outputs=[TensorSpec(name="y", shape=[1, 10], datatype="FP32")],
-        artifacts={"cpu": ReleaseArtifact(sha256=SHA[version], size=100, format="tflite")},
+        artifacts=artifacts,
     )  # fmt: skip
     stored, _ = await store.transact(insert_release, release, key)
     return stored

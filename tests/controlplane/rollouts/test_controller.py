@@ -17,6 +17,7 @@ from controlplane.app import create_app
 from controlplane.settings import Settings
 from tests.controlplane.auth_helpers import authorize
 from tests.controlplane.rollouts.devices import (
+    EDGETPU_SHA,
     PlayedDevice,
     add_release,
     broken,
@@ -117,6 +118,27 @@ async def test_a_good_release_goes_through_every_wave(
         assert entry.target == "cpu" and entry.rollout_id == rollout["id"] and not entry.rollback
         assert entry.artifact_url is not None
         assert entry.artifact_url.endswith("/api/v1/artifacts/" + "22" * 32)
+
+
+async def test_an_edge_tpu_device_also_gets_the_cpu_artifact_to_fall_back_to(
+    broker_url: str, tmp_path: Path, unique: str
+) -> None:
+    async with control_plane(broker_url, tmp_path, unique) as (ctx, http):
+        assert ctx.release_key is not None
+        await add_release(ctx.store, ctx.release_key, "2", edgetpu=True)
+        async with fleet(broker_url, tmp_path, unique, 2) as devices:
+            devices[1].kind = "edgetpu"
+            await devices[1].birth()
+            await known(http, devices)
+            rollout = await start(http, unique, waves="100%")
+            done = await final(http, rollout["id"], "completed", "halted", "rolling_back")
+    assert done["state"] == "completed", done
+    (cpu,), (tpu,) = devices[0].seen, devices[1].seen
+    assert cpu.target == "cpu" and cpu.fallback_artifact_url is None
+    assert tpu.target == "edgetpu" and tpu.artifact_url is not None
+    assert tpu.artifact_url.endswith("/api/v1/artifacts/" + EDGETPU_SHA)
+    assert tpu.fallback_artifact_url is not None
+    assert tpu.fallback_artifact_url.endswith("/api/v1/artifacts/" + "22" * 32)
 
 
 async def test_a_slow_release_halts_in_the_canary_wave_and_rolls_back(
