@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.identity.signer import Sign
 from agent.offload.deferred import pack_inputs
 from agent.samples.config import ModelSamples, SamplesConfig
 from agent.samples.policy import Policy, decide, draw
@@ -74,6 +75,7 @@ class Sampler:
         device_id: str,
         path: Path,
         keys: KeyringFile | None = None,
+        sign: Sign | None = None,
     ) -> None:
         if config.control_plane_url is None:
             raise ValueError("samples.control_plane_url is not set")
@@ -83,7 +85,9 @@ class Sampler:
         self.spool = SampleSpool(
             path, max_rows=config.max_rows, max_bytes=config.max_bytes, keys=keys
         )
-        self.uploader = Uploader(self.spool, base_url=config.control_plane_url, device_id=device_id)
+        self.uploader = Uploader(
+            self.spool, base_url=config.control_plane_url, device_id=device_id, sign=sign
+        )  # sign: the device's key signs each upload (agent/identity/signer.py)
         self._task: asyncio.Task[None] | None = None
         self._puts: set[asyncio.Task[None]] = set()
         self.kept_total = 0

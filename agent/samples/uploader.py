@@ -2,12 +2,15 @@
 
 It takes the spool's oldest inputs and ``PUT``s each to
 ``/api/v1/samples/{device_id}/{result_id}`` (the bytes as the body; model, version, reason and
-time as query parameters). The control plane files an input by its result id, so a retry after
-a lost answer or a restart of the agent stores nothing twice: the spool is the resume point.
-A 2xx removes the input (``uploaded_total``); a 4xx other than 408 and 429 is a refusal that the
-same request would get again (too large, a bad id), so the input is dropped and counted
-(``rejected_total``); anything else (no answer, 408, 429, 5xx) waits with capped, jittered
-exponential backoff (a ``Retry-After`` is a floor) and tries the same input again.
+time as query parameters), signed by the device's key when it has an identity
+(:mod:`agent.identity.signer`). The control plane files an input by its result id, so a retry
+after a lost answer or a restart of the agent stores nothing twice: the spool is the resume point.
+A 2xx removes the input (``uploaded_total``); a 4xx other than 401, 408 and 429 is a refusal that
+the same request would get again (too large, a bad id, a revoked device: 403), so the input is
+dropped and counted (``rejected_total``); anything else (no answer, 401, 408, 429, 5xx) waits with
+capped, jittered exponential backoff (a ``Retry-After`` is a floor) and tries the same input
+again. A 401 is a signature the control plane did not take, which a later try may fix: a device
+clock that NTP has not set yet, a certificate renewed meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
+from yarl import URL
 
+from agent.errors import AgentError
+from agent.identity.signer import Sign
 from agent.offload.retry import Backoff, backoff_delay, parse_retry_after
 from agent.samples.store import SampleSpool, SpooledInput
 
@@ -44,7 +50,7 @@ def outcome(status: int | None) -> Outcome:
     """What an answer means for the input: done, dropped for good, or tried again later."""
     if status is not None and 200 <= status < 300:
         return "uploaded"
-    if status is not None and 400 <= status < 500 and status not in (408, 429):
+    if status is not None and 400 <= status < 500 and status not in (401, 408, 429):
         return "rejected"
     return "retry"
 
@@ -68,8 +74,10 @@ class Uploader:
         device_id: str,
         timeout_s: float = 30.0,
         rand: Callable[[], float] = random.random,
+        sign: Sign | None = None,
     ) -> None:
         self.spool = spool
+        self.sign = sign
         self.base_url = base_url.rstrip("/")
         self.device_id = device_id
         self.timeout_s = timeout_s
@@ -114,24 +122,24 @@ class Uploader:
     async def upload(self, session: aiohttp.ClientSession, spooled: SpooledInput) -> Answer:
         """One PUT of one input; every failure is an :class:`Answer`, never an exception."""
         item = spooled.item
-        url = f"{self.base_url}/api/v1/samples/{self.device_id}/{item.result_id}"
-        params = {
-            "model": item.model,
-            "model_version": item.model_version,
-            "reason": item.reason,
-            "created_at": repr(item.created_at),
-        }
+        url = URL(f"{self.base_url}/api/v1/samples/{self.device_id}/{item.result_id}").with_query(
+            model=item.model,
+            model_version=item.model_version,
+            reason=item.reason,
+            created_at=repr(item.created_at),
+        )  # the whole URL before signing: what is sent is what was signed
+        headers = {"Content-Type": item.content_type}
         try:
-            async with session.put(
-                url, data=item.data, params=params, headers={"Content-Type": item.content_type}
-            ) as response:
+            if self.sign is not None:
+                headers.update(await self.sign("PUT", url, item.data))
+            async with session.put(url, data=item.data, headers=headers) as response:
                 detail = ""
                 if response.status >= 300:
                     detail = (await response.text())[:200]
                 return Answer(
                     response.status, parse_retry_after(response.headers.get("Retry-After")), detail
                 )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, AgentError) as exc:
             return Answer(None, None, f"{type(exc).__name__}: {exc}")
 
     async def _sleep(self, seconds: float) -> None:

@@ -7,6 +7,7 @@
 - :mod:`~controlplane.auth.accounts`: users, tokens and sessions in SQLite.
 - :mod:`~controlplane.auth.authenticator`: credentials to identities through the store.
 - :mod:`~controlplane.auth.middleware`: the one place requests are checked and audited.
+- :mod:`~controlplane.auth.devices`: devices' signed requests on the routes they call.
 - :mod:`~controlplane.auth.csrf`: the console's CSRF tokens (``csrf_field(request)``).
 - :mod:`~controlplane.auth.login`, :mod:`~controlplane.auth.api`: ``/login``, ``/logout``,
   ``/api/v1/me``, ``/api/v1/users``, ``/api/v1/tokens``.

@@ -15,12 +15,13 @@ from typing import Literal
 from controlplane.auth.credentials import same_digest
 from controlplane.auth.roles import Role, lowest, parse_role
 
-Via = Literal["token", "session", "password", "local", "none"]
+Via = Literal["token", "session", "password", "local", "device", "none"]
 
 
 @dataclass(frozen=True)
 class Identity:
-    """``user`` None: nobody authenticated (an open route, or ``auth`` off)."""
+    """``user`` None: no operator authenticated (an open route, ``auth`` off, or a device:
+    ``via`` ``device`` with its ``device_id``, controlplane/auth/devices.py)."""
 
     user: str | None
     role: Role | None  # what this request may do: for a token, the lower of its and its owner's
@@ -29,10 +30,13 @@ class Identity:
     token_id: str | None = None
     csrf_token: str | None = None  # the session's synchronizer token (via == "session")
     session_digest: str | None = None
+    device_id: str | None = None  # the device that signed the request (via == "device")
 
     @property
     def name(self) -> str:
-        """For logs and records: the user, or ``anonymous``."""
+        """For logs and records: the user, ``device:ID``, or ``anonymous``."""
+        if self.user is None and self.device_id is not None:
+            return f"device:{self.device_id}"
         return self.user or "anonymous"
 
 

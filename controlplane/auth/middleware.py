@@ -9,11 +9,14 @@ For each request, in order:
 3. unless the route is open (or ``auth`` is off): 503 until an admin exists; the identity from
    ``Authorization: Bearer TOKEN``, or from the console's session cookie (or, on the one route
    that takes it, ``Authorization: Basic`` with a user's password), else 401; the role, else 403;
-   for a mutating request authenticated by the session cookie, the CSRF token, else 403;
+   for a mutating request authenticated by the session cookie, the CSRF token, else 403. Before
+   that, on the routes devices call, a device's signed request is checked and a revoked device
+   refused, whether ``auth`` is on or off, and an unsigned one is let through, refused, or taken
+   from an operator, as ``device_auth`` says (:mod:`controlplane.auth.devices`);
 4. the identity on ``request.state.identity`` (:class:`~controlplane.auth.identity.Identity`;
-   anonymous on open routes). With ``auth`` on, a client's ``X-Edgefleet-User`` header is
-   replaced by the authenticated user's name, so code that still reads that header records the
-   right person and no client can claim to be someone else;
+   anonymous on open routes; the device for a signed request). With ``auth`` on, a client's
+   ``X-Edgefleet-User`` header is replaced by the authenticated user's name, so code that still
+   reads that header records the right person and no client can claim to be someone else;
 5. the handler runs; for a mutating request (any method but GET, HEAD, OPTIONS), refused or not,
    an audit record is written once the answer is known and before its last byte is sent, so no
    client ever sees an action complete that the log does not hold. Handlers may add to the
@@ -24,7 +27,8 @@ login is a redirect to ``/login`` and a refusal is a small HTML page.
 
 It is a plain ASGI middleware (no ``BaseHTTPMiddleware``): uploads and server-sent events stream
 through it untouched; only a session-authenticated form post without an ``X-CSRF-Token`` header
-is read ahead (up to 64 KiB) to find its ``csrf_token`` field, and replayed to the handler.
+is read ahead (up to 64 KiB) to find its ``csrf_token`` field, and a device's signed upload (up
+to ``max_sample_bytes``) to check its hash, and replayed to the handler.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -46,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from controlplane.audit.log import Record, client_address, target_of
 from controlplane.auth import csrf
 from controlplane.auth.authenticator import Authenticator
+from controlplane.auth.devices import UNSIGNED, DeviceGate, DeviceRefusal, unsigned_access
 from controlplane.auth.identity import ANONYMOUS, UNCHECKED, Identity
 from controlplane.auth.policy import SAFE_METHODS, Rule, resolve, rule_for
 from controlplane.auth.roles import allows
@@ -90,9 +96,13 @@ def request_id_of(raw: str | None) -> str:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
+    def __init__(
+        self, app: ASGIApp, auth: Authenticator, devices: DeviceGate | None = None
+    ) -> None:
         self.app = app
         self.auth = auth
+        # without a gate (no CA to check signatures against): device requests pass as unsigned
+        self.devices = devices or DeviceGate("optional", 0, lambda: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and self.auth.enabled:
@@ -116,7 +126,7 @@ class AuthMiddleware:
         if method not in SAFE_METHODS and rule.audit:
             audit = _Audit(self.auth, scope, pattern, params, request)
         try:
-            identity, receive = await self._admit(request, rule, pattern, receive)
+            identity, receive = await self._admit(request, rule, pattern, params, receive)
         except Refusal as refusal:
             state["identity"] = refusal.identity or ANONYMOUS
             await _respond(self._refusal(request, refusal), scope, receive, send, audit)
@@ -137,8 +147,21 @@ class AuthMiddleware:
             csrf.unbind(bound)
 
     async def _admit(
-        self, request: Request, rule: Rule, pattern: str | None, receive: Receive
-    ) -> tuple[Identity, Receive]:
+        self, request: Request, rule: Rule, pattern: str | None, params: dict[str, Any],
+        receive: Receive,
+    ) -> tuple[Identity, Receive]:  # fmt: skip
+        if rule.device:  # a route devices call: controlplane/auth/devices.py
+            try:
+                device, receive = await self.devices.admit(request, params, receive)
+            except DeviceRefusal as exc:
+                raise Refusal(exc.status, exc.message) from None
+            if device is not None:
+                return device, receive
+            access = unsigned_access(self.devices.mode, request.method)
+            operator = "authorization" in request.headers or SESSION_COOKIE in request.cookies
+            if access is None or (access != "open" and not operator):
+                raise Refusal(401, UNSIGNED)
+            rule = replace(rule, access=access)
         if not self.auth.enabled:
             return UNCHECKED, receive
         if rule.access == "open":
@@ -359,7 +382,12 @@ def install(app: Starlette, ctx: Context) -> Authenticator:
     """Put the middleware in front of ``app`` and its authenticator at ``app.state.auth``."""
     auth = Authenticator(ctx.settings, ctx.store, clock=lambda: ctx.clock())
     app.state.auth = auth
-    app.add_middleware(AuthMiddleware, auth=auth)
+    devices = DeviceGate(
+        ctx.settings.device_auth,
+        ctx.settings.max_sample_bytes,
+        lambda: getattr(app.state, "identities", None),
+    )
+    app.add_middleware(AuthMiddleware, auth=auth, devices=devices)
     if not ctx.settings.auth:
         log.warning(
             "auth is OFF: every route, users and rollouts included, is open to anyone who can "

@@ -21,7 +21,10 @@ authenticated user (they get the router's 404 or 405; nobody else learns which p
   certificate (public by nature), kept-input uploads (keyed by
   device and result id; a second upload with other bytes is refused; not audited, as they are
   data traffic, not operator actions) and enrollment (its one-time token or current certificate
-  is the credential, checked by its handler).
+  is the credential, checked by its handler). Artifacts and uploads are ``device`` routes: a
+  request signed by a device is checked, and a revoked device refused, whatever ``auth`` is;
+  with ``device_auth = required`` an unsigned one is refused (operators read artifacts with
+  ``viewer``): :mod:`controlplane.auth.devices`.
 - ``/login`` and the console's static files: needed before anyone is logged in.
 """
 
@@ -44,6 +47,7 @@ class Rule:
     access: Access
     audit: bool = True  # record mutating requests in the audit log (False: device data traffic)
     password: bool = False  # also accept a user's password (HTTP Basic): creating a CLI token
+    device: bool = False  # a route devices call: signed requests checked (auth/devices.py)
 
 
 def _rows() -> dict[tuple[str, str], Rule]:
@@ -52,9 +56,9 @@ def _rows() -> dict[tuple[str, str], Rule]:
         # health, metrics, devices (see the module docstring for why each is open)
         (open_, "GET", "/healthz"),
         (open_, "GET", "/metrics"),
-        (open_, "GET HEAD", "/api/v1/artifacts/{sha256}"),
+        (Rule("open", device=True), "GET HEAD", "/api/v1/artifacts/{sha256}"),
         (open_, "GET", "/api/v1/keys/release"),
-        (Rule("open", audit=False), "PUT", "/api/v1/samples/{device_id}/{result_id}"),
+        (Rule("open", audit=False, device=True), "PUT", "/api/v1/samples/{device_id}/{result_id}"),
         (open_, "POST", "/api/v1/enroll"),
         (open_, "POST", "/api/v1/enroll/renew"),
         (open_, "GET", "/api/v1/pki/ca"),

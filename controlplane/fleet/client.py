@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ class FleetClient:
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self.request("GET", path, params=params)
+
+    def stream(self, method: str, path: str) -> AbstractContextManager[httpx.Response]:
+        """A streamed request with this client's server, token and timeout (large downloads);
+        httpx errors are the caller's to translate."""
+        return self._http.stream(method, path)
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body)

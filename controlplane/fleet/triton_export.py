@@ -132,7 +132,7 @@ def export_triton(args: argparse.Namespace) -> int:
         if _sha256(model_file) == artifact.sha256:
             Progress(f"onnx {model_file}").done("already there")
         else:
-            _download(client.server, args.timeout, artifact.sha256, artifact.size, model_file)
+            _download(client, artifact.sha256, artifact.size, model_file)
     try:
         io = inspect_onnx(model_file)
     except NotAModel as exc:
@@ -170,17 +170,18 @@ def _sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _download(server: str, timeout: float, sha256: str, size: int, dest: Path) -> None:
+def _download(client: FleetClient, sha256: str, size: int, dest: Path) -> None:
     """Stream the artifact to ``dest`` through a temporary file; replaced only once its bytes
-    hash to ``sha256``."""
-    url = f"{server}/api/v1/artifacts/{sha256}"
+    hash to ``sha256``. Through ``client``: its token too (device_auth "required" asks for it)."""
+    path = f"/api/v1/artifacts/{sha256}"
+    url = f"{client.server}{path}"
     part = dest.with_name(dest.name + ".part")
     progress = Progress(f"onnx {dest}")
     digest = hashlib.sha256()
     received = 0
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with httpx.stream("GET", url, timeout=timeout) as response:
+        with client.stream("GET", path) as response:
             if not response.is_success:
                 response.read()
                 decode("GET", url, response)  # raises FleetError with the API's message

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -106,6 +107,34 @@ def ensure_certificate_current(conn: sqlite3.Connection, cert: x509.Certificate)
     ensure_not_revoked(conn, row[0])
     if row[1] is not None:
         raise DeviceRevoked(f"certificate {serial} is revoked")
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What the registry says of a certificate a device signed a request with (judged by
+    :func:`controlplane.auth.devices.judge`)."""
+
+    device_revoked_at: float | None
+    owner: str | None  # the device the serial was issued to; None: not issued here
+    revoked_at: float | None
+    current: str | None  # the device's newest certificate (renewals replace the older ones)
+
+
+def standing(conn: sqlite3.Connection, device_id: str, serial: str) -> Standing:
+    row = conn.execute(
+        "SELECT device_id, revoked_at FROM certificates WHERE serial = ?", [serial]
+    ).fetchone()
+    newest = conn.execute(
+        "SELECT serial FROM certificates WHERE device_id = ? AND via != 'cut' "
+        "ORDER BY issued_at DESC, rowid DESC LIMIT 1",
+        [device_id],
+    ).fetchone()
+    return Standing(
+        revoked_at(conn, device_id),
+        None if row is None else row[0],
+        None if row is None else row[1],
+        None if newest is None else newest[0],
+    )
 
 
 def revoke_device(

@@ -26,6 +26,8 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 40
         (200, "uploaded"), (201, "uploaded"), (400, "rejected"), (404, "rejected"),
         (409, "rejected"), (413, "rejected"), (408, "retry"), (429, "retry"), (500, "retry"),
         (503, "retry"), (None, "retry"),
+        (401, "retry"),  # a signature not taken: the device's clock, a renewal (signer.py)
+        (403, "rejected"),  # a revoked device, or one that uploads as another
     ],
 )  # fmt: skip
 def test_outcome(status: int | None, verdict: str) -> None:
