@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
         if secure:
-            issued = secure.issue_fleet(api, args.devices)
+            issued = secure.issue_fleet(api, args.devices, auth)
             print(f"certificates:  {issued} devices, in {secure.certs}", flush=True)
         stack.spawn(
             "fleet",

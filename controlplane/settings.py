@@ -38,7 +38,7 @@ from protocol.topics import shared_filter
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
-AUTH_DEFAULT = False  # the lead flips this to on at integration
+AUTH_DEFAULT = True
 
 
 class Settings(BaseModel):
@@ -107,6 +107,10 @@ class Settings(BaseModel):
     broker_pid_file: Path | None = Field(
         None, description="the broker's pid file: SIGHUP after a revocation re-reads the CRL"
     )
+    device_auth: Literal["optional", "required"] = Field(
+        "optional",
+        description="devices' signed HTTP requests: optional (unsigned ones pass) or required",
+    )
     mqtt_ca_file: Path | None = Field(
         None, description="CA (PEM) that an mqtts:// broker's certificate is checked against"
     )
@@ -153,6 +157,15 @@ class Settings(BaseModel):
         for cert, key in (("mqtt_cert_file", "mqtt_key_file"), ("tls_cert_file", "tls_key_file")):
             if (getattr(self, cert) is None) != (getattr(self, key) is None):
                 raise ValueError(f"set both {cert} and {key}, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _device_auth(self) -> Settings:
+        if self.device_auth == "required" and (self.pki_dir is None or not self.auth):
+            raise ValueError(
+                "device_auth = required needs pki_dir (the CA and registry that signatures are "
+                "checked against) and auth on (operators then read artifacts with a token)"
+            )
         return self
 
     @field_validator("broker")

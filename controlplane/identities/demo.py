@@ -3,9 +3,10 @@
 The demo's CA directory (``WORKDIR/pki``) is what ``edgefleet provision init`` writes; Mosquitto
 runs its generated configuration (TLS, per-device ACL, CRL) on 127.0.0.1; the control plane
 connects with its client certificate and holds the CA (``--pki-dir``, so ``edgefleet provision
-revoke`` works on the demo fleet); and every simulated device gets a certificate of its own. The
-devices' keys are made here and their CSRs signed by the control plane
-(``POST /api/v1/devices/{id}/certificate``), so the registry knows every serial: about a
+revoke`` works on the demo fleet) and takes only signed device requests (``--device-auth
+required``: a device's artifact downloads are signed by its key); and every simulated device gets
+a certificate of its own. The devices' keys are made here and their CSRs signed by the control
+plane (``POST /api/v1/devices/{id}/certificate``), so the registry knows every serial: about a
 millisecond each, so a fleet of a thousand is ready in a few seconds.
 
 The API stays plain HTTP on 127.0.0.1: the simulated devices download artifacts from it.
@@ -57,14 +58,18 @@ class SecureDemo:
             "--mqtt-ca-file", str(self.layout.ca_file),
             "--mqtt-cert-file", str(cert),
             "--mqtt-key-file", str(key),
+            "--device-auth", "required",
         ]  # fmt: skip
 
     def fleet_flags(self) -> list[str]:
         return ["--tls-ca-file", str(self.layout.ca_file), "--tls-cert-dir", str(self.certs)]
 
-    def issue_fleet(self, api: str, count: int, prefix: str = SIMULATOR_PREFIX) -> int:
-        """A certificate for each simulated device, signed by the control plane at ``api``."""
-        with httpx.Client(base_url=api, timeout=30) as http:
+    def issue_fleet(
+        self, api: str, count: int, headers: dict[str, str], prefix: str = SIMULATOR_PREFIX
+    ) -> int:
+        """A certificate for each simulated device, signed by the control plane at ``api``
+        (``headers``: an admin's ``Authorization``)."""
+        with httpx.Client(base_url=api, timeout=30, headers=headers) as http:
             for device_id in fleet_ids(prefix, count):
                 key = new_device_key()
                 response = http.post(

@@ -14,6 +14,7 @@ from controlplane.app import create_app
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.console.fleetdata import seed
+from tests.controlplane.auth_helpers import authorize
 
 
 @pytest.fixture
@@ -34,16 +35,20 @@ def app(tmp_path: Path, store: Store) -> Starlette:
 
 @pytest.fixture
 async def empty(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a control plane that has heard from no device."""
+    """A client of a control plane that has heard from no device, with an admin's bearer token
+    (tests/controlplane/auth_helpers.py: the console takes one like the API, and then needs no
+    CSRF token; sessions and CSRF are tested in tests/controlplane/auth/test_console.py)."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    http = httpx.AsyncClient(transport=transport, base_url="http://cp")
+    async with authorize(http, app.state.ctx.store) as c:
         yield c
 
 
 @pytest.fixture
 async def client(app: Starlette, store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a control plane with the fleet of :func:`tests.console.fleetdata.seed`."""
+    """A client of a control plane with the fleet of :func:`tests.console.fleetdata.seed`, with an
+    admin's bearer token."""
     await seed(store, time.time())
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    async with authorize(httpx.AsyncClient(transport=transport, base_url="http://cp"), store) as c:
         yield c

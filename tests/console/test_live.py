@@ -19,7 +19,7 @@ from controlplane.records import Incoming
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.console.fleetdata import birth, telemetry
-from tests.live import live_control_plane
+from tests.live import headers, live_control_plane
 
 
 async def next_events(events: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
@@ -73,7 +73,8 @@ def test_a_real_server_streams_events(tmp_path: Path, monkeypatch: pytest.Monkey
         return Settings(broker="mqtt://127.0.0.1:1", data_dir=data, listen=listen)
 
     with live_control_plane(settings, monkeypatch) as url:
-        with httpx.stream("GET", f"{url}/events?fleet=1", timeout=20) as response:
+        events = f"{url}/events?fleet=1"
+        with httpx.stream("GET", events, headers=headers(), timeout=20) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             lines = response.iter_lines()

@@ -17,6 +17,7 @@ from controlplane.app import create_app
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.console.fleetdata import DEVICES, seed
+from tests.controlplane.auth_helpers import authorize
 
 
 def html(response: httpx.Response, status: int = 200) -> str:
@@ -293,6 +294,6 @@ async def test_runbook_links_when_the_runbook_is_published(tmp_path: Path, store
     await seed(store, time.time())
     await fire(store, "cam-001")
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    async with authorize(httpx.AsyncClient(transport=transport, base_url="http://cp"), store) as c:
         page = html(await c.get("/alerts"))
     assert 'href="https://runbooks.example/operations#accelerator_fallback"' in page

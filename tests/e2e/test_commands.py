@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import AgentProcess, ControlPlane, cli, wait_until
+from tests.controlplane.auth_helpers import make_token
+from tests.e2e.processes import TOKENS, AgentProcess, ControlPlane, cli, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,7 +39,10 @@ def pair(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         cp.stop()
 
 
-def test_diag_prints_a_readable_block(pair: Pair) -> None:
+def test_diag_prints_a_readable_block(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    # with auth on, the sender recorded is the user of the CLI's token (EDGEFLEET_TOKEN)
+    ops_bot = make_token(pair.cp.data_dir, "ops-bot", "operator")
+    monkeypatch.setitem(TOKENS, pair.cp.url, ops_bot)
     done = cli(pair.cp.url, "devices", "exec", pair.device_id, "diag", "--as", "ops-bot")
     assert done.returncode == 0, done.stderr
     out = done.stdout

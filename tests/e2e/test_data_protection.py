@@ -100,7 +100,10 @@ def test_inputs_are_sealed_and_never_logged(broker_url: str, tmp_path: Path, uni
         assert rotated.returncode == 0, rotated.stderr
         assert len(json.loads(rotated.stdout)["retired"]) == 1
         results = cp.results(device_id)
-        kept = {httpx.get(cp.url + r["sample_url"], timeout=10).content for r in results}
+        kept = {
+            httpx.get(cp.url + r["sample_url"], headers=cp.headers, timeout=10).content
+            for r in results
+        }
         assert kept == set(inputs)
 
         # on the device, not while the agent runs

@@ -31,6 +31,7 @@ from controlplane.broker import find_mosquitto
 from controlplane.cli import serve_argv
 from protocol.mqtt import MQTTClient, TLSFiles
 from protocol.topics import Channel, device_topic
+from tests.controlplane.auth_helpers import make_token
 from tests.e2e.processes import AgentProcess, Process, wait_until
 from tests.mosquitto import free_port
 from tests.provisioning.secure_broker import SecureBroker
@@ -52,6 +53,8 @@ class SecureControlPlane(Process):
         cp_cert, cp_key = layout.control_plane_cert()
         https_cert, https_key = layout.https_cert
         self.ca = layout.ca_file
+        self.data_dir = workdir / "cp"
+        self.token = ""
         super().__init__(
             "controlplane",
             serve_argv(
@@ -70,9 +73,15 @@ class SecureControlPlane(Process):
     def start(self) -> None:
         super().start()
         wait_until("control plane connected", lambda: self.get("/healthz").is_success, 60, self)
+        if not self.token:  # an admin's token (tests/controlplane/auth_helpers.py), once
+            self.token = make_token(self.data_dir)
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, verify=ssl.create_default_context(cafile=self.ca))
+        return httpx.get(
+            self.url + path,
+            headers={"Authorization": f"Bearer {self.token}"} if self.token else None,
+            verify=ssl.create_default_context(cafile=self.ca),
+        )
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         response = self.get(f"/api/v1/devices/{device_id}")
@@ -80,7 +89,8 @@ class SecureControlPlane(Process):
 
 
 def edgefleet(cp: SecureControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SSL_CERT_FILE": str(cp.ca)}  # the CLI checks the API's certificate
+    # the CLI checks the API's certificate, and sends an admin's token
+    env = {**os.environ, "SSL_CERT_FILE": str(cp.ca), "EDGEFLEET_TOKEN": cp.token}
     return subprocess.run(
         [sys.executable, "-m", "controlplane", *args, "--server", cp.url, "--json"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,

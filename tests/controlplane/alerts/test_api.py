@@ -22,6 +22,7 @@ from controlplane.records import Incoming
 from controlplane.settings import Settings
 from controlplane.store import Store
 from tests.controlplane import messages as m
+from tests.controlplane.auth_helpers import authorize
 from tests.live import live_control_plane, run_cli
 
 RULES_FILE = {
@@ -63,7 +64,8 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         await seed(store, load_alert_config(path), settings)
         app = create_app(settings, store=store, mqtt=False)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+        http = httpx.AsyncClient(transport=transport, base_url="http://cp")
+        async with authorize(http, store) as c:
             yield c
     finally:
         store.close()

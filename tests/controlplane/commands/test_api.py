@@ -26,12 +26,14 @@ from protocol.messages import Status, decode, encode
 from protocol.mqtt import Message, MQTTClient
 from protocol.topics import Channel, device_topic
 from tests.agent.deploy.releases import FP32
+from tests.controlplane.auth_helpers import authorize, make_token
 from tests.controlplane.rollouts.devices import eventually
 from tests.mosquitto import free_port
 
 pytestmark = pytest.mark.slow
 
-USER = {"X-Edgefleet-User": "ana"}
+SENDER = "ana"
+"""The operator whose token the clients of :func:`control_plane` carry: the sender recorded."""
 
 
 @asynccontextmanager
@@ -43,7 +45,9 @@ async def control_plane(
     async with app.router.lifespan_context(app):
         await app.state.ctx.ingestor.client.wait_connected(10)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cp") as http:
+        make_token(app.state.ctx.store)  # an admin exists: the control plane is set up
+        client = httpx.AsyncClient(transport=transport, base_url="http://cp")
+        async with authorize(client, app.state.ctx.store, SENDER, "operator") as http:
             yield http
 
 
@@ -81,7 +85,6 @@ async def run(http: httpx.AsyncClient, device_id: str, command: str, **body: Any
     return await http.post(
         f"/api/v1/devices/{device_id}/commands",
         json={"command": command, **body},
-        headers=USER,
         timeout=30,
     )
 
@@ -130,9 +133,16 @@ async def test_every_command_end_to_end_and_recorded_with_its_sender(
         assert listed["count"] == 6
         assert [c["command"] for c in listed["commands"]] == list(reversed(answers))
         assert {c["sender"] for c in listed["commands"]} == {"ana"}
+        # the sender is who the token belongs to, whatever a client claims; no token, no command
+        claimed = await http.post(f"/api/v1/devices/{device_id}/commands",
+                                  json={"command": "ping"},
+                                  headers={"X-Edgefleet-User": "mallory"})  # fmt: skip
+        assert claimed.status_code == 200 and claimed.json()["sender"] == "ana"
         anonymous = await http.post(f"/api/v1/devices/{device_id}/commands",
-                                    json={"command": "ping"})  # fmt: skip
-        assert anonymous.json()["sender"] == "anonymous"
+                                    json={"command": "ping"},
+                                    headers={"Authorization": ""})  # fmt: skip
+        assert anonymous.status_code == 401
+        assert agent.commands.ran_total == 7
 
 
 async def test_an_error_reply_is_recorded_as_an_error(

@@ -26,6 +26,7 @@ from provisioning import pki
 from provisioning.ca import FleetCA
 from provisioning.files import cert_pem
 from tests.controlplane import messages as m
+from tests.controlplane.auth_helpers import authorize
 
 
 class Clock:
@@ -60,7 +61,7 @@ async def client(
     identities: Identities = app.state.identities
     identities.clock = clock
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    async with authorize(httpx.AsyncClient(transport=transport, base_url="http://cp"), store) as c:
         yield c
 
 

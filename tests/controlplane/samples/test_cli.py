@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from controlplane.settings import Settings
-from tests.live import live_control_plane
+from tests.live import headers, live_control_plane
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = 1_700_000_000.0
@@ -53,7 +53,8 @@ def edgefleet(
 
 
 def held(server: str, device: str) -> int:
-    return int(httpx.get(f"{server}/api/v1/data", params={"device_id": device}).json()["inputs"])
+    answer = httpx.get(f"{server}/api/v1/data", params={"device_id": device}, headers=headers())
+    return int(answer.json()["inputs"])
 
 
 def test_delete_by_device_and_range_with_yes(server: str) -> None:
@@ -63,7 +64,7 @@ def test_delete_by_device_and_range_with_yes(server: str) -> None:
     )  # fmt: skip
     assert code == 0, err
     assert out.strip() == "deleted 1 kept inputs (14 B)"
-    assert httpx.get(f"{server}/api/v1/samples/cam-1/r20").status_code == 404
+    assert httpx.get(f"{server}/api/v1/samples/cam-1/r20", headers=headers()).status_code == 404
     assert (held(server, "cam-1"), held(server, "cam-2")) == (2, 3)
     code, out, err = edgefleet(server, "delete", "--device", "cam-1", "--yes", "--json")
     assert code == 0, err
@@ -111,16 +112,19 @@ def test_delete_all_needs_all(server: str) -> None:
 
 
 def test_rotate_key_and_keys(server: str) -> None:
-    before = httpx.get(f"{server}/api/v1/data/keys").json()
+    before = httpx.get(f"{server}/api/v1/data/keys", headers=headers()).json()
     (old,) = [k["id"] for k in before["keys"]]
     code, out, err = edgefleet(server, "rotate-key")
     assert code == 0, err
-    after = httpx.get(f"{server}/api/v1/data/keys").json()
+    after = httpx.get(f"{server}/api/v1/data/keys", headers=headers()).json()
     (new,) = [k["id"] for k in after["keys"]]
     assert new != old
     assert out.strip() == f"key {new} is current; retired: {old}"
     assert "every kept input is sealed under" in err
-    assert httpx.get(f"{server}/api/v1/samples/cam-2/r30").content == b"input cam-2 30"
+    assert (
+        httpx.get(f"{server}/api/v1/samples/cam-2/r30", headers=headers()).content
+        == b"input cam-2 30"
+    )
     code, out, _ = edgefleet(server, "keys")
     assert code == 0
     header, line = out.splitlines()

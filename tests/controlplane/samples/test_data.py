@@ -27,6 +27,7 @@ from controlplane.settings import Settings
 from controlplane.store import Store
 from protocol.keyring import KeyringFile
 from tests.controlplane import messages as m
+from tests.controlplane.auth_helpers import authorize
 
 DAY = 86_400.0
 NOW = 1_000 * DAY
@@ -51,7 +52,8 @@ def app(tmp_path: Path, store: Store) -> Starlette:
 @pytest.fixture
 async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as c:
+    http = httpx.AsyncClient(transport=transport, base_url="http://cp")
+    async with authorize(http, app.state.ctx.store) as c:
         yield c
 
 
@@ -229,7 +231,8 @@ async def test_inputs_stored_before_encryption_are_sealed_by_the_keeper(tmp_path
     try:
         app = create_app(settings(tmp_path), store=store, mqtt=False)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cp") as client:
+        http = httpx.AsyncClient(transport=transport, base_url="http://cp")
+        async with authorize(http, store) as client:
             assert (await get(client, "r1")).content == png(1)  # readable before sealing
             sealing, retired = await keeper(app).finish_rotation()
             assert (sealing.legacy, sealing.rotated, retired) == (3, 0, [])
@@ -282,7 +285,9 @@ async def test_retention_purges_exactly_what_is_due(
 async def test_no_retention_keeps_every_input(tmp_path: Path, store: Store) -> None:
     app = create_app(settings(tmp_path, data_retention_days=0), store=store, mqtt=False)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://cp") as client:
+    async with authorize(
+        httpx.AsyncClient(transport=transport, base_url="http://cp"), store
+    ) as client:
         await put(client, "r1", png(1), at=1.0)
         assert (await keeper(app).purge(10**12)).count == 0
         assert (await get(client, "r1")).status_code == 200
