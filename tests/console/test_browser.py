@@ -9,6 +9,7 @@ pages, as an operator would, and save a screenshot of each page to docs/screensh
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -88,6 +89,10 @@ def no_remote(page: Page) -> None:
 
 
 def shot(page: Page, name: str) -> None:
+    """With EDGEFLEET_SCREENSHOTS=1, refresh docs/screenshots/ from this run (the tests never
+    write into the checkout otherwise)."""
+    if os.environ.get("EDGEFLEET_SCREENSHOTS") != "1":
+        return
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
 

@@ -3,7 +3,8 @@ a real OIP server with the real cloud model and injected faults, a real SQLite d
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,11 @@ class Outbox:
 
 
 async def make(
-    tmp_path: Path, cloud: FakeCloud, outbox: Outbox, **cfg: Any
+    tmp_path: Path,
+    cloud: FakeCloud,
+    outbox: Outbox,
+    clock: Callable[[], float] = time.time,
+    **cfg: Any,
 ) -> AsyncIterator[Offloader]:
     settings: dict[str, Any] = {
         "endpoint": cloud.url,
@@ -70,6 +75,7 @@ async def make(
         deferred_path=tmp_path / "deferred.db",
         put=outbox.put,
         client=OIPClient(backoff=Backoff(0.001, 0.01)),
+        clock=clock,
     )
     await offloader.start()
     try:
@@ -238,10 +244,16 @@ async def test_the_drain_retries_later_then_gives_up_on_a_refusal(
 async def test_the_drain_drops_cases_past_their_ttl(
     tmp_path: Path, cloud: FakeCloud, outbox: Outbox, edge: ServedModel
 ) -> None:
-    async for off in make(tmp_path, cloud, outbox, deferred_ttl_s=0.001):
+    skew = [0.0]  # the case ages by the TTL between its deferral and the drain
+
+    def clock() -> float:
+        return time.time() + skew[0]
+
+    async for off in make(tmp_path, cloud, outbox, clock, deferred_ttl_s=60):
         cloud.faults = [Fault(503)] * 3
         out = await local(edge)
         await off.process(out.result, out.inputs)
+        skew[0] = 61.0
         await off.drain_once()
         stats = await off.queue.stats()
         assert (stats.depth, stats.expired_total) == (0, 1)
