@@ -1,11 +1,10 @@
 """``POST /api/v1/devices/{id}/commands`` (run a command, answer its reply) and ``GET`` (the
 device's recent commands); see docs/api.md.
 
-Who sent a command is the ``X-Edgefleet-User`` header (the CLI sends ``--as``, default ``$USER``)
-or ``anonymous``: for now a name the caller gives, recorded as it is. The security issue replaces
-it with the authenticated identity (with ``auth`` on, its middleware overwrites this header with
-the authenticated user's name before the handler runs). Parsing is pure and answers a bad value
-with 400 naming it.
+Who sent a command is the ``X-Edgefleet-User`` header: with ``auth`` on (the default) the auth
+middleware overwrites it with the authenticated user's name before the handler runs; only with
+``auth`` off is it the name the caller gives (the CLI's ``--as``) or ``anonymous``. Parsing is
+pure and answers a bad value with 400 naming it.
 """
 
 from __future__ import annotations

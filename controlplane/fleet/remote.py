@@ -2,8 +2,8 @@
 
 ``ping | diag | logs [--tail N] | resync | reload-model [MODEL] | set-log-level LEVEL``, each
 with ``--timeout S`` (how long the device has to answer, default 10 s), ``--json`` (the API's
-record as it is), ``--as USER`` (who sends it, recorded with the command; default ``$USER``; a
-control plane that requires a token records the token's user instead) and ``--token``.
+record as it is), ``--as USER`` (the sender's name, used only by a control plane with ``auth``
+off; with auth on the token's user is recorded) and ``--token``.
 A timeout, an unknown device, a refused argument or an error answer ends with one line on stderr
 and exit status 1.
 """
