@@ -10,8 +10,6 @@ not sign.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import stat
 from pathlib import Path
 
@@ -19,25 +17,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protocol import files
 from provisioning.errors import PKIError
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (readers see old or new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # the mode of os.open is masked by the umask
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(path, data, mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise PKIError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

@@ -8,8 +8,6 @@ not match the certificate, and it then retries its connection a moment later (pr
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -19,6 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.config import AgentSettings
 from agent.errors import ConfigError
+from protocol import files
 from protocol.mqtt import TLSFiles
 
 IDENTITY_DIR = "identity"
@@ -37,20 +36,10 @@ def identity_paths(settings: AgentSettings) -> tuple[Path, Path, Path]:
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write through a temporary file and a rename; ConfigError naming the path on failure."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        files.write_atomic(path, data, mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
