@@ -36,6 +36,7 @@ from agent.deploy.cache import ModelCache
 from agent.deploy.keys import key_from_flag
 from agent.errors import AgentError
 from protocol.errors import ProtocolError
+from protocol.wakeup import wait_event
 
 log = logging.getLogger("edgefleet.simulator")
 
@@ -236,10 +237,7 @@ async def simulate(args: argparse.Namespace) -> Tally:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=args.duration)
-    except asyncio.TimeoutError:
-        pass
+    await wait_event(stop, args.duration)
     for task in drivers:
         task.cancel()
     await asyncio.gather(*drivers, return_exceptions=True)

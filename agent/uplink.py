@@ -35,7 +35,6 @@ while its outbox drains.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from agent.outbox import Outbox, OutboxRow
 from protocol.messages import ResultBatch, Status, Telemetry, encode
 from protocol.mqtt import MQTTClient, MQTTError, NoSubscribers, NotConnected, Will, backoff_delay
 from protocol.topics import Channel, device_topic
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,7 @@ class Uplink:
             if self._failures:
                 self._retry.clear()
                 delay = backoff_delay(self._failures - 1, RETRY_MIN, RETRY_MAX, random.random())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._retry.wait(), delay)
+                await wait_event(self._retry, delay)
             if not self._client.connected:
                 try:
                     await self._client.wait_connected()
@@ -248,8 +247,7 @@ class Uplink:
             # nothing waits and nothing is in flight only a put (which wakes us) brings work, so
             # an idle device does not poll its outbox.
             idle = waiting <= 0 and not self._batches
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_WAIT_S if idle else self._idle_poll)
+            await wait_event(self._wake, IDLE_WAIT_S if idle else self._idle_poll)
 
     async def _peek(self, limit: int) -> list[OutboxRow]:
         try:

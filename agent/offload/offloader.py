@@ -45,6 +45,7 @@ from agent.offload.retry import MIN_ATTEMPT_S
 from protocol.keyring import KeyringFile
 from protocol.manifest import ModelManifest
 from protocol.messages import InferenceResult, Offload, decode, encode
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +293,7 @@ class Offloader:
                 if due is not None:
                     wait = min(IDLE_WAIT_S, max(0.0, due - self._clock()))
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
 
     async def drain_once(self) -> int:
         """Expire, then try the cases due now; return how many were tried."""

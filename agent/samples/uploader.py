@@ -29,6 +29,7 @@ from agent.errors import AgentError
 from agent.identity.signer import Sign
 from agent.offload.retry import Backoff, backoff_delay, parse_retry_after
 from agent.samples.store import SampleSpool, SpooledInput
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,4 @@ class Uploader:
             return Answer(None, None, f"{type(exc).__name__}: {exc}")
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self._wake, seconds)

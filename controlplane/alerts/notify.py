@@ -37,6 +37,7 @@ from controlplane.alerts.webhook import Webhook, body
 from controlplane.errors import StoreClosed
 from controlplane.metrics import Metrics
 from controlplane.store import Store
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,7 @@ class Notifier:
             except Exception:
                 log.exception("alert notifications: a pass failed; trying again")
                 wait = POLL_S
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wakeup, wait)
 
     async def run_once(self) -> int:
         """Send every due notification (up to BATCH) once; return how many were tried."""

@@ -33,6 +33,7 @@ from controlplane.offload.errors import (
     Unavailable,
 )
 from controlplane.offload.metrics import OffloadMetrics
+from protocol.wakeup import wait_event
 
 Arrays = dict[str, np.ndarray]
 
@@ -151,9 +152,7 @@ class Batcher:
                 if remaining <= 0:
                     break
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-                except TimeoutError:
+                if not await wait_event(self._wake, remaining):
                     break
             batch = self._take(loop.time())
             if batch:

@@ -29,6 +29,7 @@ from controlplane.store import Store
 from protocol.errors import MQTTError
 from protocol.release import DeploymentReport, seal_desired
 from protocol.topics import Channel, device_topic
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ class RolloutController:
                 return
             except Exception:
                 log.exception("rollout tick failed; trying again next tick")
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self.settings.rollout_tick_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wakeup, self.settings.rollout_tick_s)
 
     async def tick(self) -> bool:
         """One pass over every rollout with work, then publish; True if anything changed."""

@@ -39,6 +39,7 @@ from controlplane.samples.vault import KeyRetired, SealedFile, Unreadable, Vault
 from controlplane.settings import Settings
 from controlplane.store import Store
 from protocol.sealed import DataKey
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ class Keeper:
             while True:
                 await self._guarded("purging and sealing", self.pass_once())
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.data_purge_interval_s)
+                await wait_event(self._wake, self.settings.data_purge_interval_s)
         finally:
             self._running = False
 

@@ -57,6 +57,7 @@ from protocol.mqtt.policy import (
     negotiate,
 )
 from protocol.mqtt.tls import TLSFiles, tls_context
+from protocol.wakeup import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +292,7 @@ class MQTTClient:
             delay = backoff_delay(failures, *self._reconnect, random.random())
             failures += 1
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wakeup, delay)
 
     def _log_version_change(self, after: Negotiation) -> None:
         if after.version == "5":

@@ -165,6 +165,7 @@ def test_isolation_decides_where_the_cpu_backend_runs(isolation: str, supervised
 async def test_a_crash_is_answered_by_the_fallback_then_demoted_then_promoted_back(
     fault: Path, images: list[tuple[bytes, int]], expected: list[int]
 ) -> None:
+    threads_before = ours()  # another test's model may still be closing: judge only ours
     served = load(["test-abort", "litert"])
     restarts_before = restarts_total()
     try:
@@ -200,7 +201,7 @@ async def test_a_crash_is_answered_by_the_fallback_then_demoted_then_promoted_ba
         assert await top(served, png) == (expected[1], "test-abort")
     finally:
         served.close()
-    assert not ours()
+    assert ours() <= threads_before, "a thread was left behind"
 
 
 async def test_concurrent_requests_through_a_crash_are_all_answered_correctly(
