@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -38,8 +39,17 @@ class Process:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
-            )
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread's stack
+            )  # fmt: skip
+
+    def dump_stacks(self) -> None:
+        """Abort a live process so that faulthandler writes every thread's stack to its log: what
+        a timed-out wait needs to be understood (where was it stuck?)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -79,7 +89,9 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, *procs:
         if last:
             return last
         time.sleep(0.2)
-    logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
+    for p in procs:
+        p.dump_stacks()
+    logs = "\n".join(f"--- {p.name}\n{p.log()[-8000:]}" for p in procs)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs}")
 
 
