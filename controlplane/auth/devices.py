@@ -37,8 +37,9 @@ from urllib.parse import quote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from starlette.requests import Request
-from starlette.types import Message, Receive
+from starlette.types import Receive
 
+from controlplane.auth.bodies import read_ahead, replay
 from controlplane.auth.identity import Identity
 from controlplane.auth.policy import SAFE_METHODS
 from controlplane.auth.roles import Access
@@ -158,7 +159,7 @@ class DeviceGate:
             return None, receive
         now = identities.clock()
         serial, key = self._certificate(request, identities, signed, now)
-        body = await _read_ahead(receive, self.max_body)
+        body = await read_ahead(receive, self.max_body)
         if body is None:
             raise self._refuse(
                 request, 413, f"the body is larger than max_sample_bytes ({self.max_body} bytes)",
@@ -172,7 +173,7 @@ class DeviceGate:
         refusal = judge(found, signed.device_id, serial) or check_subject(params, signed.device_id)
         if refusal is not None:
             raise self._refuse(request, *refusal, signed.device_id)
-        return Identity(None, None, "device", device_id=signed.device_id), _replay(body, receive)
+        return Identity(None, None, "device", device_id=signed.device_id), replay(body, receive)
 
     def _certificate(
         self, request: Request, identities: Identities, signed: SignedRequest, now: float
@@ -210,33 +211,3 @@ class DeviceGate:
             device_id or "an unnamed device", status, message,
         )  # fmt: skip
         return DeviceRefusal(status, message)
-
-
-async def _read_ahead(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None when it is larger than ``limit``."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

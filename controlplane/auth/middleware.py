@@ -51,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from controlplane.audit.log import Record, client_address, target_of
 from controlplane.auth import csrf
 from controlplane.auth.authenticator import Authenticator
+from controlplane.auth.bodies import read_ahead, replay
 from controlplane.auth.devices import UNSIGNED, DeviceGate, DeviceRefusal, unsigned_access
 from controlplane.auth.identity import ANONYMOUS, UNCHECKED, Identity
 from controlplane.auth.policy import SAFE_METHODS, Rule, resolve, rule_for
@@ -254,11 +255,11 @@ async def _check_csrf(request: Request, identity: Identity, receive: Receive) ->
     if given is None:
         kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if kind == csrf.FORM_TYPE:
-            body = await _read_body(receive, csrf.MAX_FORM_BYTES)
+            body = await read_ahead(receive, csrf.MAX_FORM_BYTES)
             if body is None:
                 raise Refusal(413, f"the form is larger than {csrf.MAX_FORM_BYTES} bytes", identity)
             given = csrf.form_token(body)
-            receive = _replay(body, receive)
+            receive = replay(body, receive)
     if not csrf.matches(identity.csrf_token, given):
         raise Refusal(
             403,
@@ -267,34 +268,6 @@ async def _check_csrf(request: Request, identity: Identity, receive: Receive) ->
             identity,
         )
     return receive
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None when it is larger than ``limit``."""
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return body
-        chunk: bytes = message.get("body", b"")
-        body += chunk
-        if len(body) > limit:
-            return None
-        if not message.get("more_body", False):
-            return body
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def _with_request_id(send: Send, request_id: str) -> Send:
