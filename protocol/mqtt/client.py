@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import ssl
 import time
@@ -37,8 +36,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from protocol.errors import (
     MQTTError,
@@ -55,6 +52,11 @@ from protocol.mqtt.policy import (
     Will,
     backoff_delay,
     negotiate,
+)
+from protocol.mqtt.properties import (
+    check_publish_properties,
+    connect_properties,
+    publish_properties,
 )
 from protocol.mqtt.tls import TLSFiles, tls_context
 from protocol.wakeup import wait_event
@@ -211,18 +213,13 @@ class MQTTClient:
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
         if not topic or "+" in topic or "#" in topic:
             raise ValueError(f"cannot publish on {topic!r}: a topic is non-empty, without + or #")
-        if response_topic is not None and (
-            not response_topic or "+" in response_topic or "#" in response_topic
-        ):
-            raise ValueError(f"invalid response topic {response_topic!r}")
-        if message_expiry_s is not None and not message_expiry_s > 0:
-            raise ValueError(f"message_expiry_s must be positive, not {message_expiry_s!r}")
+        check_publish_properties(response_topic, message_expiry_s)
         conn = self._conn
         if conn is None or not conn.connected:
             raise NotConnected(f"not connected to {self.url}: cannot publish on {topic!r}")
         properties = None
         if self._version == "5":
-            properties = _publish_properties(
+            properties = publish_properties(
                 response_topic, correlation_data, message_expiry_s, user_properties
             )
         try:
@@ -471,33 +468,10 @@ class MQTTClient:
     def _connect_args(self) -> dict[str, Any]:
         if self._version != "5":
             return {}
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if self._session_expiry > 0:
-            properties.SessionExpiryInterval = self._session_expiry
-        return {"clean_start": self._clean_start, "properties": properties}
-
-
-def _publish_properties(
-    response_topic: str | None,
-    correlation_data: bytes | None,
-    message_expiry_s: float | None,
-    user_properties: dict[str, str] | None,
-) -> Properties | None:
-    """The PUBLISH properties for MQTT v5, or None when there are none."""
-    if (response_topic, correlation_data, message_expiry_s) == (None, None, None) and not (
-        user_properties
-    ):
-        return None
-    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    if response_topic is not None:
-        properties.ResponseTopic = response_topic
-    if correlation_data is not None:
-        properties.CorrelationData = correlation_data
-    if message_expiry_s is not None:
-        properties.MessageExpiryInterval = max(1, math.ceil(message_expiry_s))
-    if user_properties:
-        properties.UserProperty = list(user_properties.items())
-    return properties
+        return {
+            "clean_start": self._clean_start,
+            "properties": connect_properties(self._session_expiry),
+        }
 
 
 def _error_for(rc: MQTTErrorCode | int, what: str) -> MQTTError:

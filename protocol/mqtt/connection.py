@@ -21,6 +21,7 @@ from protocol.errors import (
 from protocol.mqtt.policy import (
     puback_error,
 )
+from protocol.mqtt.properties import received_properties
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Connection:
                 acker()
             return
         message = Message(
-            topic, bytes(msg.payload), msg.qos, bool(msg.retain), acker, **_v5_properties(msg)
+            topic, bytes(msg.payload), msg.qos, bool(msg.retain), acker, **received_properties(msg)
         )
         self._post(self.deliver, message)
 
@@ -181,17 +182,3 @@ class Connection:
         future = self.subscribes.get(mid)
         if future is not None and not future.done():
             future.set_result(codes)
-
-
-def _v5_properties(msg: paho.MQTTMessage) -> dict[str, Any]:
-    """The v5 request/response properties of a received message, as Message's fields."""
-    props = getattr(msg, "properties", None)
-    if props is None:
-        return {}
-    correlation = getattr(props, "CorrelationData", None)
-    expiry = getattr(props, "MessageExpiryInterval", None)
-    return {
-        "response_topic": getattr(props, "ResponseTopic", None) or None,
-        "correlation_data": bytes(correlation) if correlation is not None else None,
-        "message_expiry_s": int(expiry) if expiry is not None else None,
-    }
